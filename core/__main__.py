@@ -1,0 +1,5 @@
+import sys
+
+from ftcore.cli import main
+
+sys.exit(main())

@@ -1,0 +1,85 @@
+"""The ``ftcore`` command. One module per subcommand; plugins add more.
+
+Importing this package, parsing arguments, ``validate``, ``plugins`` and
+``--help`` never import torch or transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ftcore import __version__
+from ftcore.errors import FtcoreError
+
+
+def _recipe_arguments(parser):
+    parser.add_argument("recipe", help="recipe file, or the name of a shipped recipe (e.g. quickstart)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="override recipe keys, values in YAML: lr=1e-4 'datasets[0].path=x.jsonl'")
+
+
+def build_parser(plugins=None) -> argparse.ArgumentParser:
+    from ftcore.cli import plugins_command, run, validate
+
+    parser = argparse.ArgumentParser(
+        prog="ftcore", description="Fine-tune large language models from one YAML recipe.",
+        epilog="Example: ftcore run recipes/llama31-lora.yaml learning_rate=1e-4",
+    )
+    parser.add_argument("--version", action="version", version=f"ftcore {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    for module in (run, validate, plugins_command):
+        p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+        if module.TAKES_RECIPE:
+            _recipe_arguments(p)
+        module.configure(p)
+        p.set_defaults(handler=module.handle)
+
+    if plugins is not None:
+        from ftcore.hooks import commands
+
+        for name, ((help_text, configure, handler), _plugin) in commands(plugins).items():
+            p = sub.add_parser(name, help=help_text, description=help_text)
+            p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+            configure(p)
+            p.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        from ftcore.plugins_manager import load_plugins
+
+        plugins = load_plugins()
+        parser = build_parser(plugins)
+        args = parser.parse_args(argv)
+        if not getattr(args, "command", None):
+            parser.print_help()
+            return 0
+        args.plugins = plugins
+        return int(args.handler(args) or 0)
+    except FtcoreError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def load_recipe(args):
+    """The validated recipe from ``args.recipe`` and ``args.overrides``; also returns skipped plugins."""
+    from ftcore.hooks import named_recipes
+    from ftcore.recipe import load_raw, validate
+
+    raw = load_raw(args.recipe, args.overrides, named_recipes(args.plugins))
+    skipped = args.plugins.add_recipe_plugins(raw.data.get("plugins"))
+    return validate(raw, args.plugins), raw, skipped

@@ -1,0 +1,69 @@
+"""``ftcore validate RECIPE [key=value ...]``: check a recipe without loading a model.
+
+Checks the schema and every plugin's rules, that the plugins import, and that
+local files the recipe names exist. Exit 0 when the recipe would run, 2 with
+every problem listed otherwise.
+"""
+
+from pathlib import Path
+
+from ftcore.errors import RecipeError
+
+NAME = "validate"
+HELP = "check a recipe, its plugins and local paths, without loading a model"
+TAKES_RECIPE = True
+
+
+def configure(parser):
+    pass
+
+
+def _looks_local(value: str) -> bool:
+    return value.startswith((".", "/", "~")) or Path(value).suffix in (".json", ".jsonl", ".csv", ".parquet", ".arrow")
+
+
+def path_problems(recipe):
+    """Local files and folders the recipe names that do not exist."""
+    problems = []
+    checks = [("base_model", recipe.base_model), ("base_model_config", recipe.base_model_config),
+              ("tokenizer_config", recipe.tokenizer_config), ("lora_model_dir", recipe.lora_model_dir)]
+    for list_key in ("datasets", "test_datasets"):
+        for i, spec in enumerate(getattr(recipe, list_key) or []):
+            checks.append((f"{list_key}[{i}].path", spec.path))
+    for key, value in checks:
+        if value and _looks_local(value) and not Path(value).expanduser().exists():
+            problems.append((key, f"no such file or folder: {value}"))
+    if recipe.base_model and not Path(recipe.base_model).expanduser().exists() and not _looks_local(recipe.base_model):
+        if "/" not in recipe.base_model:
+            problems.append(("base_model", f"'{recipe.base_model}' is neither a local folder nor a Hub id (owner/name)"))
+    return problems
+
+
+def print_notes(recipe, skipped):
+    from ftcore.recipe.axolotl import HINTS
+
+    ignored = sorted(k for k, v in recipe.compat.items() if k in HINTS and v not in (None, False, "", [], {}))
+    if ignored:
+        print(f"note: ignored Axolotl keys (no effect in ftcore): {', '.join(ignored)}")
+    if skipped:
+        print(f"note: skipped Axolotl plugins: {', '.join(skipped)}")
+
+
+def handle(args) -> int:
+    from ftcore.cli import load_recipe
+
+    recipe, raw, skipped = load_recipe(args)
+    problems = path_problems(recipe)
+    if problems:
+        raise RecipeError(problems, source=raw.source)
+    print_notes(recipe, skipped)
+    datasets = ", ".join(f"{d.path} ({d.type})" for d in recipe.datasets or []) or "none"
+    print(f"ok: {raw.source}")
+    print(f"  base_model: {recipe.base_model}")
+    print(f"  adapter:    {recipe.adapter or 'none (full fine-tuning)'}")
+    print(f"  datasets:   {datasets}")
+    print(f"  output_dir: {recipe.output_dir}")
+    out = Path(recipe.output_dir)
+    if out.is_dir() and any(out.iterdir()) and not recipe.resume_from_checkpoint:
+        print(f"  note: output_dir is not empty; `ftcore run` will need --overwrite")
+    return 0

@@ -1,0 +1,64 @@
+"""Evaluation: run the recipe's evaluators on the validation split.
+
+Evaluators are registered by plugins (``register_evaluators``) and chosen by
+``evaluators:`` in the recipe (default ``[loss]``). The trainer calls
+``run_evaluators`` at every evaluation point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass
+class EvalContext:
+    """What an evaluator gets. ``batches()`` yields collated batches on the model's device."""
+
+    model: Any
+    tokenizer: Any
+    recipe: Any
+    dataset: list
+    collator: Callable
+    batch_size: int
+    device: Any = None
+
+    def batches(self):
+        for start in range(0, len(self.dataset), self.batch_size):
+            batch = self.collator(self.dataset[start:start + self.batch_size])
+            yield {k: v.to(self.device) if hasattr(v, "to") and self.device is not None else v
+                   for k, v in batch.items()}
+
+    def reduce_sum(self, *values):
+        """Sum numbers over all processes (identity in a single process)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return values
+        import torch
+
+        tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return tuple(tensor.tolist())
+
+
+def run_evaluators(evaluators: dict, ctx: EvalContext, prefix: str = "eval") -> dict:
+    """``{name: function}`` -> ``{"eval_<metric>": value}``; a metric reported twice is an error."""
+    import torch
+
+    from ftcore.errors import PluginError
+
+    was_training = ctx.model.training
+    ctx.model.eval()
+    metrics, owner = {}, {}
+    try:
+        with torch.no_grad():
+            for name, function in evaluators.items():
+                for key, value in (function(ctx) or {}).items():
+                    full = f"{prefix}_{key}"
+                    if full in metrics:
+                        raise PluginError(f"evaluators '{owner[full]}' and '{name}' both report '{key}'")
+                    metrics[full], owner[full] = float(value), name
+    finally:
+        ctx.model.train(was_training)
+    return metrics

@@ -1,0 +1,13 @@
+"""Recipes: YAML in, a validated, read-only ``Recipe`` out.
+
+- ``load.py``: reading YAML with OmegaConf, ``extends:``, ``key=value``
+  overrides, safe interpolation.
+- ``schema.py``: the typed recipe in Axolotl's key language.
+- ``validate.py``: schema + plugin sections + plugin checks, every error at once.
+- ``suggest.py``: "did you mean" for typos.
+"""
+
+from ftcore.recipe.load import load_raw
+from ftcore.recipe.validate import validate
+
+__all__ = ["load_raw", "validate"]

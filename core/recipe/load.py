@@ -1,0 +1,224 @@
+"""Read a recipe: YAML file (or a named recipe), ``extends:``, overrides.
+
+The result is a plain dict, not yet validated. Interpolation is limited to
+references to other keys (``${learning_rate}``), ``${oc.env:NAME}`` and ``${recipe_dir:}`` (the folder of the file that contains
+it), so a recipe can never run code.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ftcore.errors import RecipeError
+
+SAFE_RESOLVERS = {"oc.env", "recipe_dir"}
+_RESOLVER = re.compile(r"\$\{\s*([A-Za-z_][\w.]*)\s*:")
+_RECIPE_DIR = re.compile(r"\$\{\s*recipe_dir\s*:\s*\}")
+
+
+@dataclass
+class RawRecipe:
+    data: dict
+    path: Path | None
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def source(self) -> str:
+        return str(self.path) if self.path else "recipe"
+
+
+def _omegaconf():
+    from omegaconf import OmegaConf
+
+    return OmegaConf
+
+
+def find_recipe(name: str, named_recipes: dict | None = None) -> Path:
+    """A path if it exists, else a recipe registered by a plugin under that name."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    for candidate in (name, Path(name).stem):
+        if named_recipes and candidate in named_recipes:
+            return Path(named_recipes[candidate])
+    known = sorted(named_recipes or {})
+    from ftcore.recipe.suggest import did_you_mean
+
+    hint = did_you_mean(name, known)
+    raise RecipeError(
+        [(None, f"no recipe file '{name}' and no recipe registered under that name{hint}; "
+                f"named recipes: {', '.join(known) or 'none'}")],
+        source=name,
+    )
+
+
+def _read_yaml(path: Path):
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RecipeError([(None, f"cannot read the file: {exc.strerror}")], source=str(path)) from exc
+    try:
+        data = yaml.load(text, Loader=_strict_loader())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError([(None, f"YAML syntax error at {where}{problem}")], source=str(path)) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError([(None, f"a recipe must be a mapping of keys to values, got {type(data).__name__}")], source=str(path))
+    return _substitute_recipe_dir(data, path.resolve().parent)
+
+
+def _make_strict_loader():
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        """SafeLoader that rejects duplicate keys (a silent override otherwise)."""
+
+    def construct_mapping(loader, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (first on line {seen[key] + 1})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    return StrictLoader
+
+
+_StrictLoader = None  # built on first use by _strict_loader()
+
+
+def _substitute_recipe_dir(value, folder: Path):
+    if isinstance(value, str):
+        return _RECIPE_DIR.sub(str(folder).replace("\\", "/"), value)
+    if isinstance(value, dict):
+        return {k: _substitute_recipe_dir(v, folder) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute_recipe_dir(v, folder) for v in value]
+    return value
+
+
+def _unsafe_resolvers(value, path=""):
+    """Yield (key_path, resolver) for interpolations outside SAFE_RESOLVERS."""
+    if isinstance(value, str):
+        for name in _RESOLVER.findall(value):
+            if name not in SAFE_RESOLVERS:
+                yield path, name
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _unsafe_resolvers(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _unsafe_resolvers(v, f"{path}[{i}]")
+
+
+def _load_with_extends(path: Path, named_recipes, chain: list[Path]):
+    OmegaConf = _omegaconf()
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in chain + [resolved])
+        raise RecipeError([("extends", f"recipes extend each other in a cycle: {cycle}")], source=str(path))
+    data = _read_yaml(path)
+    files = [path]
+    parent_name = data.pop("extends", None)
+    if parent_name is None:
+        return OmegaConf.create(data), files
+    if not isinstance(parent_name, str):
+        raise RecipeError([("extends", "must be a path or a recipe name (a string)")], source=str(path))
+    parent_path = path.parent / parent_name
+    if not parent_path.is_file():
+        parent_path = find_recipe(parent_name, named_recipes)
+    parent, parent_files = _load_with_extends(parent_path, named_recipes, chain + [resolved])
+    return OmegaConf.merge(parent, OmegaConf.create(data)), parent_files + files
+
+
+_INDEX = re.compile(r"\[(\d+)\]")
+
+
+def parse_override(text: str):
+    """``'datasets[0].path=x.jsonl'`` -> ``('datasets.0.path', 'x.jsonl')``; value parsed as YAML."""
+    import yaml
+
+    if "=" not in text:
+        raise RecipeError([("overrides", f"'{text}' is not key=value")], source="command line")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if not re.fullmatch(r"[A-Za-z_][\w]*(\.\w+|\[\d+\])*", key):
+        raise RecipeError([("overrides", f"'{key}' is not a recipe key path (like lora_r or datasets[0].path)")], source="command line")
+    try:
+        value = yaml.load(raw, Loader=_strict_loader()) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise RecipeError([(key, f"cannot parse the value '{raw}' as YAML: {getattr(exc, 'problem', exc)}")], source="command line") from exc
+    return _INDEX.sub(r".\1", key), value
+
+
+def _apply_override(cfg, dotted: str, value, original: str):
+    from omegaconf import ListConfig, OmegaConf
+
+    parts = dotted.split(".")
+    node = cfg
+    for i, part in enumerate(parts[:-1]):
+        nxt = node[int(part)] if isinstance(node, ListConfig) and part.isdigit() and int(part) < len(node) else None
+        if isinstance(node, ListConfig):
+            if not part.isdigit() or int(part) >= len(node):
+                raise RecipeError([(original, f"index {part} is out of range: the list has {len(node)} item(s)")], source="command line")
+            node = nxt
+            continue
+        if part not in node or node[part] is None:
+            node[part] = {}
+        node = node[part]
+        if not OmegaConf.is_config(node):
+            raise RecipeError([(original, f"'{'.'.join(parts[: i + 1])}' is a value, not a mapping or list")], source="command line")
+    last = parts[-1]
+    if isinstance(node, ListConfig):
+        if not last.isdigit() or int(last) > len(node):
+            raise RecipeError([(original, f"index {last} is out of range: the list has {len(node)} item(s)")], source="command line")
+        if int(last) == len(node):
+            node.append(value)
+        else:
+            node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def load_raw(source: str, overrides=(), named_recipes=None) -> RawRecipe:
+    """Read a recipe file (or named recipe), follow ``extends``, apply overrides."""
+    OmegaConf = _omegaconf()
+    path = find_recipe(source, named_recipes)
+    cfg, files = _load_with_extends(path, named_recipes, [])
+    for text in overrides:
+        dotted, value = parse_override(text)
+        _apply_override(cfg, dotted, value, text.partition("=")[0])
+    container = OmegaConf.to_container(cfg, resolve=False)
+    bad = list(_unsafe_resolvers(container))
+    if bad:
+        raise RecipeError(
+            [(k, f"interpolation '${{{name}:...}}' is not allowed; allowed: "
+                 f"${{other_key}}, ${{oc.env:NAME}}, ${{recipe_dir:}}") for k, name in bad],
+            source=str(path),
+        )
+    try:
+        data = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as exc:  # omegaconf's InterpolationResolutionError and friends
+        key = getattr(exc, "full_key", None)
+        msg = getattr(exc, "msg", None) or str(exc).splitlines()[0]
+        raise RecipeError([(key, f"cannot resolve interpolation: {msg}")], source=str(path)) from exc
+    return RawRecipe(data, path, files)
+
+
+def _strict_loader():
+    global _StrictLoader
+    if _StrictLoader is None:
+        _StrictLoader = _make_strict_loader()
+    return _StrictLoader

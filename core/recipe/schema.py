@@ -1,0 +1,286 @@
+"""The recipe schema, in Axolotl's key language.
+
+Keys follow Axolotl's names wherever Axolotl has the concept, so an Axolotl
+recipe validates with few or no edits. ftcore's own additions are marked
+"ftcore:" in their description. Rules:
+
+- Unknown keys are errors (with a suggestion), never silently dropped.
+- Keys Axolotl has but ftcore does not act on are handled in ``axolotl.py``:
+  accepted while empty, errors when set (a few harmless hints pass).
+- Contradictions between keys are checked in ``Recipe._cross_checks``;
+  checks that belong to a plugin live in that plugin's ``validate_recipe``.
+
+The models are frozen: plugins read the recipe, they never mutate it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+# The optimizer and scheduler names transformers accepts (its OptimizerNames
+# and SchedulerType), listed here so validation never imports transformers.
+OPTIMIZERS = (
+    "adamw_torch", "adamw_torch_fused", "adamw_torch_xla", "adamw_torch_npu_fused", "adafactor",
+    "adamw_anyprecision", "adamw_torch_4bit", "adamw_torch_8bit", "ademamix", "sgd", "adagrad",
+    "adamw_bnb_8bit", "adamw_8bit", "ademamix_8bit", "lion_8bit", "lion_32bit", "paged_adamw_32bit",
+    "paged_adamw_8bit", "paged_ademamix_32bit", "paged_ademamix_8bit", "paged_lion_32bit",
+    "paged_lion_8bit", "rmsprop", "rmsprop_bnb", "rmsprop_bnb_8bit", "rmsprop_bnb_32bit",
+    "galore_adamw", "galore_adamw_8bit", "galore_adafactor", "galore_adamw_layerwise",
+    "galore_adamw_8bit_layerwise", "galore_adafactor_layerwise", "lomo", "adalomo", "grokadamw",
+    "schedule_free_radam", "schedule_free_adamw", "schedule_free_sgd", "apollo_adamw",
+    "apollo_adamw_layerwise", "stable_adamw",
+)
+SCHEDULERS = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+    "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
+)
+ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "sep_token", "cls_token", "mask_token",
+                      "additional_special_tokens")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, protected_namespaces=())
+
+
+class DatasetSpec(BaseModel):
+    """One entry of ``datasets:`` or ``test_datasets:``.
+
+    The keys here are common to every format. The keys of the chosen ``type``
+    (``field_instruction``, ``field_messages``, ...) are validated by that
+    format's own options model and available as ``spec.options``.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True, protected_namespaces=())
+
+    path: str = Field(description="local file or folder, or a Hugging Face Hub dataset name")
+    type: str | None = Field(None, description="format name, e.g. alpaca, chat_template, completion")
+    split: str | None = Field(None, description="split to read (default: train)")
+    data_files: str | list[str] | None = Field(None, description="files inside path to read")
+    name: str | None = Field(None, description="Hub dataset configuration name")
+    revision: str | None = Field(None, description="Hub dataset revision")
+    ds_type: Literal["json", "jsonl", "csv", "parquet", "arrow", "text"] | None = Field(
+        None, description="file format when the extension does not tell"
+    )
+    trust_remote_code: bool | None = None
+    shards: int | None = Field(None, ge=1, description="read 1/shards of the data")
+
+    _options: BaseModel | None = PrivateAttr(None)
+
+    @property
+    def options(self):
+        """The format's own options, a pydantic model (set by validation)."""
+        return self._options
+
+
+class Recipe(_Strict):
+    """A validated, read-only recipe. Built by ``ftcore.recipe.validate``."""
+
+    # ── model ──
+    base_model: str = Field(description="Hub id or local folder of the base model")
+    base_model_config: str | None = Field(None, description="config to use instead of base_model's")
+    revision_of_model: str | None = None
+    model_type: str | None = Field(None, description="transformers class or auto class to load with")
+    tokenizer_type: str | None = Field(None, description="tokenizer class, e.g. AutoTokenizer")
+    tokenizer_config: str | None = Field(None, description="tokenizer to use instead of base_model's")
+    processor_type: str | None = Field(None, description="processor class for multimodal models")
+    trust_remote_code: bool = False
+    attn_implementation: Literal[ATTENTION] | None = Field(  # type: ignore[valid-type]
+        None, description="attention kernel; default sdpa")
+    flash_attention: bool | None = Field(None, description="Axolotl spelling of attn_implementation: flash_attention_2")
+    sdp_attention: bool | None = Field(None, description="Axolotl spelling of attn_implementation: sdpa")
+    eager_attention: bool | None = None
+
+    # ── adapter ──
+    adapter: Literal["lora", "qlora"] | None = Field(None, description="absent: full fine-tuning")
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: float = Field(16, gt=0)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_target_modules: list[str] | str | None = None
+    lora_target_linear: bool | None = None
+    lora_modules_to_save: list[str] | None = None
+    lora_model_dir: str | None = Field(None, description="start from this existing adapter")
+    lora_fan_in_fan_out: bool | None = None
+    peft_use_dora: bool | None = None
+    peft_use_rslora: bool | None = None
+    peft_layers_to_transform: list[int] | None = None
+    unfrozen_parameters: list[str] | None = Field(None, description="full fine-tuning: regexes of parameters to train")
+
+    # ── quantization ──
+    load_in_4bit: bool = False
+    load_in_8bit: bool = False
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
+    bnb_4bit_use_double_quant: bool = True
+    bnb_4bit_quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] | None = None
+    bnb_config_kwargs: dict[str, Any] | None = None
+
+    # ── data ──
+    datasets: list[DatasetSpec] | None = None
+    test_datasets: list[DatasetSpec] | None = None
+    val_set_size: float = Field(0.0, ge=0, description="fraction (< 1) or number of rows held out for evaluation")
+    dataset_prepared_path: str | None = None
+    dataset_processes: int | None = Field(None, ge=1)
+    shuffle_merged_datasets: bool = True
+    sequence_len: int = Field(2048, ge=8)
+    sample_packing: bool = False
+    eval_sample_packing: bool | None = None
+    pad_to_sequence_len: bool | None = None
+    train_on_inputs: bool = False
+    chat_template: str | None = None
+    chat_template_jinja: str | None = None
+    default_system_message: str | None = None
+    special_tokens: dict[str, str | list[str] | None] | None = None
+    tokens: list[str] | None = None
+    on_invalid_example: Literal["error", "skip"] = "error"
+    excess_length_strategy: Literal["drop", "truncate"] = "drop"
+
+    # ── training ──
+    micro_batch_size: int = Field(1, ge=1)
+    eval_batch_size: int | None = Field(None, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    batch_size: int | None = Field(None, ge=1, description="Axolotl: total batch; sets gradient_accumulation_steps")
+    group_by_length: bool = False
+    num_epochs: float = Field(1, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    optimizer: Literal[OPTIMIZERS] = "adamw_torch"  # type: ignore[valid-type]
+    lr_scheduler: Literal[SCHEDULERS] = "cosine"  # type: ignore[valid-type]
+    lr_scheduler_kwargs: dict[str, Any] | None = None
+    cosine_min_lr_ratio: float | None = Field(None, ge=0, le=1)
+    warmup_steps: int | None = Field(None, ge=0)
+    warmup_ratio: float | None = Field(None, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_beta1: float | None = Field(None, gt=0, lt=1)
+    adam_beta2: float | None = Field(None, gt=0, lt=1)
+    adam_epsilon: float | None = Field(None, gt=0)
+    max_grad_norm: float = Field(1.0, ge=0)
+    bf16: Literal["auto"] | bool | None = "auto"
+    fp16: bool | None = None
+    tf32: bool | None = None
+    gradient_checkpointing: bool | None = False
+    gradient_checkpointing_kwargs: dict[str, Any] | None = None
+    seed: int = 42
+
+    # ── outputs, logging, checkpoints ──
+    output_dir: str = "./outputs"
+    logging_steps: int = Field(1, ge=1)
+    save_steps: float | None = Field(None, gt=0, description="steps between checkpoints (< 1: fraction of the run)")
+    saves_per_epoch: int | None = Field(None, ge=1)
+    save_total_limit: int | None = Field(None, ge=1)
+    save_strategy: Literal["steps", "epoch", "no", "best"] | None = None
+    save_only_model: bool | None = None
+    save_first_step: bool | None = None
+    eval_steps: float | None = Field(None, gt=0, description="steps between evaluations (< 1: fraction of the run)")
+    evals_per_epoch: int | None = Field(None, ge=0)
+    eval_strategy: Literal["steps", "epoch", "no"] | None = None
+    eval_on_start: bool = Field(False, description="ftcore: evaluate before the first step too")
+    evaluators: list[str] = Field(default_factory=lambda: ["loss"], description="ftcore: evaluators to run")
+    resume_from_checkpoint: str | bool | None = None
+
+    # ── scale-out (needs a distributed plugin) ──
+    deepspeed: str | dict[str, Any] | None = None
+    fsdp: list[str] | str | None = None
+    fsdp_config: dict[str, Any] | None = None
+    fsdp_version: int | None = None
+    ddp_timeout: int | None = Field(None, ge=1)
+    ddp_bucket_cap_mb: int | None = None
+    ddp_broadcast_buffers: bool | None = None
+    ddp_find_unused_parameters: bool | None = None
+
+    # ── tracking ──
+    wandb_project: str | None = None
+    wandb_entity: str | None = None
+    wandb_name: str | None = None
+    wandb_run_id: str | None = None
+    wandb_watch: str | None = None
+    wandb_log_model: str | None = None
+    wandb_mode: str | None = None
+
+    # ── plugins ──
+    plugins: list[str] | None = Field(None, description="extra plugin modules to import")
+
+    # Axolotl keys ftcore accepts without acting on them (see axolotl.py).
+    compat: dict[str, Any] = Field(default_factory=dict, exclude=True)
+    _sections: dict = PrivateAttr(default_factory=dict)
+
+    def cross_checks(self) -> list[tuple[str, str]]:
+        """Contradictions between keys, as ``(key, message)`` pairs."""
+        problems = []
+        if self.warmup_steps is not None and self.warmup_ratio is not None:
+            problems.append(("warmup_ratio", "set warmup_steps or warmup_ratio, not both"))
+        if self.save_steps is not None and self.saves_per_epoch is not None:
+            problems.append(("saves_per_epoch", "set save_steps or saves_per_epoch, not both"))
+        if self.eval_steps is not None and self.evals_per_epoch is not None:
+            problems.append(("evals_per_epoch", "set eval_steps or evals_per_epoch, not both"))
+        if self.bf16 is True and self.fp16:
+            problems.append(("fp16", "bf16 and fp16 are both true; choose one"))
+        if self.load_in_4bit and self.load_in_8bit:
+            problems.append(("load_in_8bit", "load_in_4bit and load_in_8bit are both true; choose one"))
+        if self.lora_target_modules and self.lora_target_linear:
+            problems.append(("lora_target_linear", "set lora_target_modules or lora_target_linear, not both"))
+        chosen = [k for k, v in (("flash_attention", "flash_attention_2"), ("sdp_attention", "sdpa"),
+                                 ("eager_attention", "eager")) if getattr(self, k)]
+        if len(chosen) > 1:
+            problems.append((chosen[1], f"{' and '.join(chosen)} are all true; choose one"))
+        if chosen and self.attn_implementation:
+            want = {"flash_attention": "flash_attention_2", "sdp_attention": "sdpa", "eager_attention": "eager"}[chosen[0]]
+            if want != self.attn_implementation:
+                problems.append((chosen[0], f"contradicts attn_implementation: {self.attn_implementation}"))
+        if self.val_set_size >= 1 and self.val_set_size != int(self.val_set_size):
+            problems.append(("val_set_size", "must be a fraction below 1 or a whole number of rows"))
+        if self.val_set_size and self.test_datasets:
+            problems.append(("val_set_size", "set val_set_size or test_datasets, not both"))
+        if self.chat_template == "jinja" and not self.chat_template_jinja:
+            problems.append(("chat_template_jinja", "chat_template: jinja needs chat_template_jinja (a template or a file)"))
+        for key in (self.special_tokens or {}):
+            if key not in SPECIAL_TOKEN_KEYS:
+                from ftcore.recipe.suggest import did_you_mean
+
+                problems.append((f"special_tokens.{key}",
+                                 f"unknown special token{did_you_mean(key, SPECIAL_TOKEN_KEYS)}; "
+                                 f"allowed: {', '.join(SPECIAL_TOKEN_KEYS)}"))
+        return problems
+
+    # ── derived values: one place for each default that depends on others ──
+
+    @property
+    def attention(self) -> str | None:
+        """The attention implementation asked for, from either spelling."""
+        if self.attn_implementation:
+            return self.attn_implementation
+        for key, value in (("flash_attention", "flash_attention_2"), ("sdp_attention", "sdpa"),
+                           ("eager_attention", "eager")):
+            if getattr(self, key):
+                return value
+        return None
+
+    @property
+    def per_device_eval_batch_size(self) -> int:
+        return self.eval_batch_size or self.micro_batch_size
+
+    def section(self, key: str):
+        """The validated section a plugin contributed under ``key``."""
+        return self._sections.get(key)
+
+    def to_yaml_dict(self) -> dict:
+        """The fully resolved recipe, as written to ``recipe.yaml``: runnable as is."""
+        data = self.model_dump(mode="json", exclude_none=True, exclude={"compat"})
+        data.update(self.compat)
+        for entry_key in ("datasets", "test_datasets"):
+            specs = getattr(self, entry_key)
+            if specs:
+                data[entry_key] = [
+                    {**spec.model_dump(mode="json", exclude_none=True),
+                     **(spec.options.model_dump(mode="json", exclude_none=True) if spec.options else {})}
+                    for spec in specs
+                ]
+        for key, section in self._sections.items():
+            data[key] = section.model_dump(mode="json", exclude_none=True)
+        return data
+
+
+CORE_KEYS = tuple(k for k in Recipe.model_fields if k != "compat")
+DATASET_KEYS = tuple(DatasetSpec.model_fields)

@@ -1,0 +1,182 @@
+"""Turn a raw recipe mapping into a ``Recipe``, reporting every problem at once.
+
+Order: split the keys (core, plugin sections, Axolotl compatibility, unknown),
+validate dataset entries against their format's options, validate the core
+schema and each plugin section, then cross-key checks and plugins'
+``validate_recipe`` hooks. Any problem anywhere -> one ``RecipeError`` listing
+them all, each with its key path and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import ValidationError
+
+from ftcore.errors import RecipeError
+from ftcore.recipe.axolotl import ADVICE, AXOLOTL_KEYS, HINTS
+from ftcore.recipe.schema import CORE_KEYS, DATASET_KEYS, DatasetSpec, Recipe
+from ftcore.recipe.suggest import did_you_mean
+
+_TYPE_TAG = re.compile(r"^[a-z_-]+(\[.*\])?$")
+_TYPE_TAGS = {"bool", "int", "str", "float", "dict", "list", "none", "tuple", "literal", "nullable"}
+
+
+def _is_tag(part) -> bool:
+    return isinstance(part, str) and ("[" in part or part in _TYPE_TAGS or part.startswith("function-"))
+
+
+def key_path(loc, prefix="") -> str:
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _is_tag(part):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _empty(value) -> bool:
+    return value is None or value is False or value == "" or value == [] or value == {}
+
+
+def pydantic_problems(exc: ValidationError, prefix="", known=()) -> list[tuple[str, str]]:
+    """Readable ``(key_path, message)`` pairs; union alternatives merged per key."""
+    grouped: dict[str, list[dict]] = {}
+    for err in exc.errors(include_url=False):
+        grouped.setdefault(key_path(err["loc"], prefix), []).append(err)
+    problems = []
+    for path, errs in grouped.items():
+        kinds = {e["type"] for e in errs}
+        first = errs[0]
+        got = first.get("input")
+        if "extra_forbidden" in kinds:
+            name = path.rsplit(".", 1)[-1]
+            problems.append((path, f"unknown key{did_you_mean(name, known)}"
+                                   + (f"; allowed: {', '.join(sorted(known))}" if known and len(known) <= 12 else "")))
+        elif "missing" in kinds:
+            problems.append((path, "required, but missing or empty"))
+        elif kinds == {"literal_error"}:
+            expected = first.get("ctx", {}).get("expected", "")
+            options = re.findall(r"'([^']*)'", expected)
+            problems.append((path, f"{got!r} is not allowed{did_you_mean(got, options)}; allowed: {', '.join(options)}"))
+        elif len(errs) == 1:
+            problems.append((path, f"{first['msg']} (got {got!r})"))
+        else:
+            wants = []
+            for e in errs:
+                msg = e["msg"].removeprefix("Input should be ")
+                if msg not in wants:
+                    wants.append(msg)
+            problems.append((path, f"got {got!r}; expected {' or '.join(wants)}"))
+    return problems
+
+
+def _split_dataset_entry(entry, path, formats, problems):
+    """Validate one ``datasets[i]`` entry; return a DatasetSpec or None."""
+    if not isinstance(entry, dict):
+        problems.append((path, f"must be a mapping with at least path and type (got {entry!r})"))
+        return None
+    core = {k: v for k, v in entry.items() if k in DATASET_KEYS}
+    extra = {k: v for k, v in entry.items() if k not in DATASET_KEYS}
+    try:
+        spec = DatasetSpec.model_validate(core)
+    except ValidationError as exc:
+        problems.extend(pydantic_problems(exc, path, DATASET_KEYS))
+        return None
+    if spec.type is None:
+        problems.append((f"{path}.type", f"required; registered formats: {', '.join(sorted(formats))}"))
+        return None
+    if spec.type not in formats:
+        problems.append((f"{path}.type", f"unknown format '{spec.type}'{did_you_mean(spec.type, formats)}; "
+                                         f"registered formats: {', '.join(sorted(formats))}"))
+        return None
+    (_, options_model), _plugin = formats[spec.type]
+    option_keys = tuple(options_model.model_fields) if options_model else ()
+    if options_model is None:
+        for key in extra:
+            problems.append((f"{path}.{key}", f"unknown key for type '{spec.type}'"
+                                             f"{did_you_mean(key, DATASET_KEYS)}"))
+        return spec
+    try:
+        spec._options = options_model.model_validate(extra)
+    except ValidationError as exc:
+        problems.extend(pydantic_problems(exc, path, DATASET_KEYS + option_keys))
+        return None
+    return spec
+
+
+def validate(raw, plugins) -> Recipe:
+    """Validate ``raw`` (a ``RawRecipe``) with the schema and the plugins' sections."""
+    from ftcore.hooks import chat_templates, dataset_formats, evaluators, recipe_sections
+
+    data = dict(raw.data)
+    problems: list[tuple[str, str]] = []
+    sections = recipe_sections(plugins)
+    formats = dataset_formats(plugins)
+    known = CORE_KEYS + tuple(sections)
+
+    section_raw, compat = {}, {}
+    for key in list(data):
+        if key in sections:
+            section_raw[key] = data.pop(key)
+        elif key in AXOLOTL_KEYS and key not in CORE_KEYS:
+            value = data.pop(key)
+            if key not in HINTS and not _empty(value):
+                advice = ADVICE.get(key, "remove it or leave it empty")
+                problems.append((key, f"Axolotl's '{key}' is not supported by ftcore: {advice}"))
+            compat[key] = value
+        elif key not in CORE_KEYS:
+            problems.append((key, f"unknown key{did_you_mean(key, known)}"))
+            data.pop(key)
+
+    # Axolotl writes "key:" with no value for "not set"; treat it as absent.
+    data = {k: v for k, v in data.items() if v is not None}
+
+    for list_key in ("datasets", "test_datasets"):
+        entries = data.pop(list_key, None)
+        if entries is None:
+            continue
+        if not isinstance(entries, list):
+            entries = [entries] if isinstance(entries, dict) else entries
+        if not isinstance(entries, list):
+            problems.append((list_key, f"must be a list of dataset entries (got {entries!r})"))
+            continue
+        specs = [_split_dataset_entry(e, f"{list_key}[{i}]", formats, problems) for i, e in enumerate(entries)]
+        if None not in specs:
+            data[list_key] = specs  # validated instances pass through pydantic unchanged
+
+    recipe = None
+    try:
+        recipe = Recipe.model_validate({**data, "compat": compat})
+    except ValidationError as exc:
+        problems.extend(pydantic_problems(exc, "", known))
+
+    validated_sections = {}
+    for key, (model, _plugin) in sections.items():
+        value = section_raw.get(key)
+        try:
+            validated_sections[key] = model.model_validate(value or {})
+        except ValidationError as exc:
+            problems.extend(pydantic_problems(exc, key, tuple(model.model_fields)))
+
+    if recipe is not None:
+        recipe._sections.update(validated_sections)
+        problems.extend(recipe.cross_checks())
+        if recipe.chat_template and recipe.chat_template not in chat_templates(plugins):
+            names = sorted(chat_templates(plugins))
+            problems.append(("chat_template", f"unknown template '{recipe.chat_template}'"
+                                              f"{did_you_mean(recipe.chat_template, names)}; allowed: {', '.join(names)}"))
+        names = sorted(evaluators(plugins))
+        for name in recipe.evaluators:
+            if name not in names:
+                problems.append(("evaluators", f"unknown evaluator '{name}'{did_you_mean(name, names)}; "
+                                               f"registered: {', '.join(names)}"))
+        if not problems:
+            plugins.call_all("validate_recipe", recipe=recipe, error=lambda k, m: problems.append((k, m)))
+    if problems:
+        raise RecipeError(problems, source=raw.source)
+    return recipe
+

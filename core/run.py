@@ -1,0 +1,117 @@
+"""One fine-tuning run, top to bottom. Each step is one hook call (see hookspecs.py).
+
+Data is prepared right after the tokenizer, before the model loads: a bad row
+then fails in seconds instead of after minutes of downloading weights. Nothing
+is written to ``output_dir`` until training is about to start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from ftcore import hooks
+from ftcore.artifacts import (Manifest, check_output_dir, clear_output_dir, metrics_callback, plot_loss,
+                              read_metrics, summarize, write_recipe)
+from ftcore.data.prepare import prepare_datasets, set_chat_template
+from ftcore.device import describe, precision
+from ftcore.errors import FtcoreError
+from ftcore.train import build_trainer, training_arguments, wandb_environment
+
+
+# bitsandbytes warns on CPU that an optional kernel package (which would download
+# from the Hub) is missing; it falls back to its own kernels, so say nothing.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+
+def run(recipe, plugins, overwrite: bool = False) -> dict:
+    """Train as the recipe says; return the final metrics. Writes ``recipe.output_dir``."""
+    output_dir = Path(recipe.output_dir)
+    check_output_dir(output_dir, overwrite, resume=bool(recipe.resume_from_checkpoint))
+    plugin_arguments = hooks.trainer_arguments(plugins, recipe)  # fails fast on deepspeed/fsdp without a plugin
+    dtype = precision(recipe)
+    hardware = describe()
+    if recipe.sample_packing:
+        print("notice: sample_packing is not implemented yet; training unpacked (same loss, slower)")
+
+    tokenizer = hooks.load_tokenizer(plugins, recipe)
+    template = set_chat_template(recipe, tokenizer, hooks.chat_templates(plugins))
+    data = prepare_datasets(recipe, tokenizer, hooks.dataset_formats(plugins), template)
+    _report_data(data)
+
+    quantization = hooks.quantization_config(plugins, recipe)
+    _seed(recipe.seed)
+    model = hooks.load_model(plugins, recipe, quantization)
+    hooks.prepare_model(plugins, recipe, model, tokenizer)
+    model = hooks.inject_adapter(plugins, recipe, model)
+    collator = hooks.build_collator(plugins, recipe, tokenizer)
+
+    registered = hooks.evaluators(plugins)
+    evaluators = {name: registered[name][0] for name in recipe.evaluators} if data.eval else {}
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    arguments = training_arguments(recipe, output_dir, len(data.train), bool(data.eval), dtype,
+                                   plugin_arguments, world_size, cuda=hardware["cuda"])
+    os.environ.update(wandb_environment(recipe))
+    _report_plan(recipe, dtype, data, arguments, world_size)
+
+    callbacks = [metrics_callback(output_dir), *hooks.trainer_callbacks(plugins, recipe)]
+    trainer = build_trainer(recipe, model, tokenizer, data, collator, arguments, callbacks, evaluators)
+
+    clear_output_dir(output_dir, overwrite, resume=bool(recipe.resume_from_checkpoint))
+    write_recipe(recipe, output_dir)
+    manifest = Manifest(output_dir, recipe, plugins, data, hardware, {"precision": dtype})
+
+    status, metrics = "failed", {}
+    try:
+        trainer.train(resume_from_checkpoint=recipe.resume_from_checkpoint or None)
+        if data.eval:
+            trainer.evaluate()
+        status = "completed"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise FtcoreError(f"interrupted; the model as trained so far is saved in {output_dir}") from None
+    finally:
+        files = []
+        if status != "failed" and trainer.is_world_process_zero():
+            trainer.save_model(str(output_dir))  # adapter or full model, and the tokenizer
+            files = hooks.save_artifacts(plugins, recipe, trainer.model, tokenizer, output_dir)
+        if trainer.is_world_process_zero():
+            records = read_metrics(output_dir)
+            files.append(plot_loss(output_dir, records) or "")
+            metrics = summarize(records)
+            manifest.finish(status, metrics, [f for f in files if f])
+    _report_result(output_dir, metrics)
+    return metrics
+
+
+def _seed(seed: int) -> None:
+    from transformers import set_seed
+
+    set_seed(seed)
+
+
+def _report_data(data) -> None:
+    s = data.stats["train"]
+    dropped = ", ".join(f"{n} {why}" for why, n in s["rows_dropped"].items()) or "none"
+    print(f"data: {s['rows_read']} rows read, {s['rows_kept']} kept (dropped: {dropped}); "
+          f"{s['tokens']:,} tokens, {s['trained_tokens']:,} trained; "
+          f"{data.stats['train_examples']} train / {data.stats['eval_examples']} eval examples")
+
+
+def _report_plan(recipe, dtype, data, arguments, world_size) -> None:
+    global_batch = recipe.micro_batch_size * recipe.gradient_accumulation_steps * world_size
+    print(f"run: {recipe.base_model} | {recipe.adapter or 'full fine-tuning'} | {dtype} | "
+          f"global batch {global_batch} = {recipe.micro_batch_size} x {recipe.gradient_accumulation_steps} "
+          f"x {world_size} | {'max_steps ' + str(recipe.max_steps) if recipe.max_steps else f'{recipe.num_epochs:g} epoch(s)'} | "
+          f"output {recipe.output_dir}")
+
+
+def _report_result(output_dir, metrics) -> None:
+    if "eval_loss_initial" in metrics:
+        print(f"eval loss: {metrics['eval_loss_initial']:.4f} -> {metrics['eval_loss_final']:.4f}  "
+              f"(perplexity {metrics.get('eval_perplexity_initial', float('nan')):.2f} -> "
+              f"{metrics.get('eval_perplexity_final', float('nan')):.2f})")
+    elif "eval_loss_final" in metrics:
+        print(f"eval loss: {metrics['eval_loss_final']:.4f}")
+    print(f"saved to {output_dir}")

@@ -1,0 +1,143 @@
+"""Training: the recipe's keys -> ``TrainingArguments``, and the trainer.
+
+ftcore uses ``transformers.Trainer`` as is, with one change: evaluation runs
+the recipe's evaluators (token-weighted loss by default) instead of the
+trainer's batch-averaged loss.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def steps_per_epoch(recipe, n_examples: int, world_size: int = 1) -> int:
+    per_step = recipe.micro_batch_size * recipe.gradient_accumulation_steps * world_size
+    return max(1, math.ceil(n_examples / per_step))
+
+
+def _every(steps, per_epoch_count, epoch_steps, total_steps):
+    """Interval in steps from ``*_steps`` (fraction of the run if < 1) or ``*_per_epoch``."""
+    if steps is not None:
+        return max(1, round(steps * total_steps)) if steps < 1 else int(steps)
+    if per_epoch_count:
+        return max(1, epoch_steps // per_epoch_count)
+    return None
+
+
+def training_arguments(recipe, output_dir, n_train: int, has_eval: bool, precision: str,
+                       plugin_arguments: dict, world_size: int = 1, cuda: bool = False) -> dict:
+    """Keyword arguments for ``TrainingArguments``: the recipe's keys, then plugins' additions."""
+    epoch_steps = steps_per_epoch(recipe, n_train, world_size)
+    total_steps = recipe.max_steps or math.ceil(epoch_steps * recipe.num_epochs)
+    args = {
+        "output_dir": str(output_dir),
+        "per_device_train_batch_size": recipe.micro_batch_size,
+        "per_device_eval_batch_size": recipe.per_device_eval_batch_size,
+        "gradient_accumulation_steps": recipe.gradient_accumulation_steps,
+        "num_train_epochs": recipe.num_epochs,
+        "max_steps": recipe.max_steps or -1,
+        "learning_rate": recipe.learning_rate,
+        "optim": recipe.optimizer,
+        "lr_scheduler_type": recipe.lr_scheduler,
+        "weight_decay": recipe.weight_decay,
+        "max_grad_norm": recipe.max_grad_norm,
+        "bf16": precision == "bf16",
+        "fp16": precision == "fp16",
+        "logging_steps": recipe.logging_steps,
+        "logging_first_step": True,
+        "seed": recipe.seed,
+        "train_sampling_strategy": "group_by_length" if recipe.group_by_length else "random",
+        "remove_unused_columns": False,
+        "report_to": ["wandb"] if recipe.wandb_project else [],
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "disable_tqdm": False,
+        "dataloader_num_workers": 0,
+        "dataloader_pin_memory": cuda,
+    }
+    if recipe.tf32 is not None:
+        args["tf32"] = recipe.tf32
+    if recipe.gradient_checkpointing:
+        args["gradient_checkpointing"] = True
+        args["gradient_checkpointing_kwargs"] = recipe.gradient_checkpointing_kwargs or {"use_reentrant": False}
+    if recipe.warmup_steps is not None:
+        args["warmup_steps"] = recipe.warmup_steps
+    elif recipe.warmup_ratio is not None:
+        args["warmup_steps"] = recipe.warmup_ratio  # transformers reads a float < 1 as a ratio
+    kwargs = dict(recipe.lr_scheduler_kwargs or {})
+    if recipe.cosine_min_lr_ratio is not None and recipe.lr_scheduler == "cosine":
+        args["lr_scheduler_type"] = "cosine_with_min_lr"
+        kwargs["min_lr_rate"] = recipe.cosine_min_lr_ratio
+    if kwargs:
+        args["lr_scheduler_kwargs"] = kwargs
+    for key in ("adam_beta1", "adam_beta2", "adam_epsilon", "ddp_timeout", "ddp_bucket_cap_mb",
+                "ddp_broadcast_buffers", "ddp_find_unused_parameters", "save_only_model"):
+        if getattr(recipe, key) is not None:
+            args[key] = getattr(recipe, key)
+
+    save_every = _every(recipe.save_steps, recipe.saves_per_epoch, epoch_steps, total_steps)
+    if recipe.save_strategy == "epoch":
+        args["save_strategy"] = "epoch"
+    elif save_every and recipe.save_strategy != "no":
+        args.update(save_strategy="steps", save_steps=save_every)
+    if recipe.save_total_limit:
+        args["save_total_limit"] = recipe.save_total_limit
+
+    if has_eval:
+        eval_every = _every(recipe.eval_steps, recipe.evals_per_epoch, epoch_steps, total_steps)
+        if recipe.eval_strategy == "epoch":
+            args["eval_strategy"] = "epoch"
+        elif eval_every and recipe.eval_strategy != "no":
+            args.update(eval_strategy="steps", eval_steps=eval_every)
+        args["eval_on_start"] = recipe.eval_on_start
+    if recipe.wandb_name:
+        args["run_name"] = recipe.wandb_name
+    args.update(plugin_arguments)
+    return args
+
+
+def wandb_environment(recipe) -> dict:
+    """Environment variables the wandb integration reads."""
+    env = {}
+    for key, var in (("wandb_project", "WANDB_PROJECT"), ("wandb_entity", "WANDB_ENTITY"),
+                     ("wandb_watch", "WANDB_WATCH"), ("wandb_log_model", "WANDB_LOG_MODEL"),
+                     ("wandb_run_id", "WANDB_RUN_ID"), ("wandb_mode", "WANDB_MODE")):
+        if getattr(recipe, key):
+            env[var] = str(getattr(recipe, key))
+    return env
+
+
+def build_trainer(recipe, model, tokenizer, data, collator, arguments: dict, callbacks, evaluators):
+    """A ``transformers.Trainer`` whose evaluation runs the recipe's evaluators."""
+    import inspect
+
+    from transformers import Trainer, TrainingArguments
+
+    from ftcore.evaluation import EvalContext, run_evaluators
+
+    class FtcoreTrainer(Trainer):
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            ctx = EvalContext(model=self.model, tokenizer=tokenizer, recipe=recipe,
+                              dataset=eval_dataset if eval_dataset is not None else self.eval_dataset,
+                              collator=collator, batch_size=self.args.per_device_eval_batch_size,
+                              device=self.args.device)
+            with self.accelerator.autocast():
+                metrics = run_evaluators(evaluators, ctx, metric_key_prefix)
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
+
+    if "activation_checkpointing" in inspect.signature(TrainingArguments).parameters:
+        for old, new in (("gradient_checkpointing", "activation_checkpointing"),
+                         ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
+            if old in arguments:  # transformers 5 renamed these
+                arguments[new] = arguments.pop(old)
+    return FtcoreTrainer(
+        model=model,
+        args=TrainingArguments(**arguments),
+        data_collator=collator,
+        train_dataset=data.train,
+        eval_dataset=data.eval or None,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )

@@ -1,0 +1,18 @@
+"""Built-in plugins. Each is an ordinary plugin module, registered exactly
+the way a third party's is (``ftcore.plugins_manager``), with its hook
+implementations marked ``trylast`` so an installed plugin can override them.
+
+Short name -> module. ``FTCORE_DISABLE_PLUGINS`` takes the short names.
+"""
+
+BUILTINS = {
+    "huggingface": "ftcore.plugins.huggingface",  # tokenizer, model, collator via transformers
+    "lora": "ftcore.plugins.lora",  # adapter: lora
+    "full": "ftcore.plugins.full",  # no adapter: full fine-tuning
+    "alpaca": "ftcore.plugins.formats.alpaca",
+    "completion": "ftcore.plugins.formats.completion",
+    "chat_template": "ftcore.plugins.formats.chat_template",
+    "chat_templates": "ftcore.plugins.formats.templates",  # llama3, chatml, jinja, tokenizer_default
+    "loss": "ftcore.plugins.loss",  # evaluator: loss and perplexity
+    "recipes": "ftcore.plugins.recipes",  # the recipes shipped with ftcore, by name
+}

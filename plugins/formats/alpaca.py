@@ -1,0 +1,46 @@
+"""``type: alpaca``: instruction, optional input, output, in the Alpaca prompt.
+
+The prompt is masked out of the loss unless ``train_on_inputs``; the output
+and the EOS token are trained.
+"""
+
+from pydantic import BaseModel, ConfigDict
+
+from ftcore import hookimpl
+from ftcore.plugins.formats import text_field
+
+FTCORE_CONTRACT = "1"
+
+PREAMBLE_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides "
+                       "further context. Write a response that appropriately completes the request.\n\n")
+PREAMBLE = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+
+
+class AlpacaOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    field_instruction: str = "instruction"
+    field_input: str = "input"
+    field_output: str = "output"
+    field_system: str = "system"
+    system_prompt: str | None = None
+
+
+def alpaca(row, dataset, ctx):
+    o = dataset.options
+    instruction = text_field(row, o.field_instruction)
+    extra = text_field(row, o.field_input, required=False)
+    output = text_field(row, o.field_output)
+    system = text_field(row, o.field_system, required=False) or o.system_prompt
+    preamble = system + "\n\n" if system else (PREAMBLE_WITH_INPUT if extra else PREAMBLE)
+    prompt = f"{preamble}### Instruction:\n{instruction}\n\n"
+    if extra:
+        prompt += f"### Input:\n{extra}\n\n"
+    prompt += "### Response:\n"
+    train_prompt = ctx.recipe.train_on_inputs
+    return [(prompt, train_prompt), (output, True), (ctx.eos_token, True)]
+
+
+@hookimpl(trylast=True)
+def register_dataset_formats(register):
+    register("alpaca", alpaca, AlpacaOptions)

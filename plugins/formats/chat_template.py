@@ -1,0 +1,165 @@
+"""``type: chat_template``: OpenAI-style ``messages`` rendered by the chat template.
+
+Which tokens train: the turns whose role is in ``roles_to_train`` (default
+``["assistant"]``), or whose message has ``train: true``; of each, the content
+and, per ``train_on_eos``, the end-of-turn token. Headers and every other turn
+get -100. With ``train_on_inputs: true`` everything trains.
+
+How: the conversation is rendered once per prefix (``messages[:i]``); the
+difference between two renders is message i's text, in which the content is
+located. This works for any template that renders a conversation as the
+concatenation of its turns, which chat templates do.
+"""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from ftcore import hookimpl
+from ftcore.data import RowError
+
+FTCORE_CONTRACT = "1"
+
+END_OF_TURN = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>")
+DEFAULT_ROLES = {"system": ["system"], "user": ["user", "human"], "assistant": ["assistant", "gpt", "model"],
+                 "tool": ["tool"]}
+
+
+class ChatTemplateOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    field_messages: str = "messages"
+    message_property_mappings: dict[str, str] | None = None
+    message_field_role: str | None = None  # Axolotl's older spelling of the mappings
+    message_field_content: str | None = None
+    message_field_training: str | None = None
+    roles_to_train: list[str] = ["assistant"]
+    train_on_eos: Literal["turn", "last", "all", "none"] = "turn"
+    roles: dict[str, list[str]] | None = None
+    drop_system_message: bool = False
+    chat_template: str | None = None  # per-dataset template: not supported yet, must match the recipe's
+
+    def role_key(self):
+        return (self.message_property_mappings or {}).get("role") or self.message_field_role or "role"
+
+    def content_key(self):
+        return (self.message_property_mappings or {}).get("content") or self.message_field_content or "content"
+
+
+def _content_text(content, where):
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            elif isinstance(part, str):
+                parts.append(part)
+            else:
+                raise RowError(f"{where}: unsupported content part {part!r} (text parts only)", "unsupported content")
+        return "".join(parts)
+    raise RowError(f"{where}: content must be a string or a list of parts, got {type(content).__name__}", "wrong type")
+
+
+def messages_of(row, options):
+    """The row's conversation as ``[{"role", "content", "train"}]``; RowError if malformed."""
+    raw = row.get(options.field_messages)
+    if raw is None:
+        raise RowError(f"missing field '{options.field_messages}' (row has: {', '.join(sorted(row))})", "missing field")
+    if not isinstance(raw, list):
+        raise RowError(f"field '{options.field_messages}' must be a list of messages, got {type(raw).__name__}",
+                       "wrong type")
+    if not raw:
+        raise RowError("empty conversation", "empty conversation")
+    aliases = {}
+    for target, sources in (options.roles or DEFAULT_ROLES).items():
+        for source in sources:
+            aliases[source] = target
+    role_key, content_key = options.role_key(), options.content_key()
+    messages = []
+    for i, message in enumerate(raw):
+        where = f"message {i}"
+        if not isinstance(message, dict):
+            raise RowError(f"{where} must be an object, got {type(message).__name__}", "wrong type")
+        if role_key not in message:
+            raise RowError(f"{where}: missing field '{role_key}'", "missing field")
+        role = aliases.get(message[role_key])
+        if role is None:
+            raise RowError(f"{where}: unknown role {message[role_key]!r}; known: {', '.join(sorted(aliases))}",
+                           "unknown role")
+        if content_key not in message:
+            raise RowError(f"{where}: missing field '{content_key}'", "missing field")
+        if role == "system" and options.drop_system_message:
+            continue
+        train = message.get(options.message_field_training or "train")
+        messages.append({"role": role, "content": _content_text(message[content_key], where), "train": train})
+    if not any(m["role"] != "system" for m in messages):
+        raise RowError("conversation has no user or assistant turn", "empty conversation")
+    return messages
+
+
+def _render(tokenizer, template, messages):
+    return tokenizer.apply_chat_template([{"role": m["role"], "content": m["content"]} for m in messages],
+                                         chat_template=template, tokenize=False)
+
+
+def chat_template(row, dataset, ctx):
+    options = dataset.options
+    messages = messages_of(row, options)
+    template = ctx.chat_template
+    full = _render(ctx.tokenizer, template, messages)
+    if ctx.recipe.train_on_inputs:
+        return [(full, True)]
+    eot_strings = [t for t in END_OF_TURN if t in full] or [ctx.tokenizer.eos_token]
+    trained_turns = [i for i, m in enumerate(messages)
+                     if (m["train"] if m["train"] is not None else m["role"] in options.roles_to_train)]
+    spans = []
+    start_of = []
+    for i in range(len(messages) + 1):
+        text = _render(ctx.tokenizer, template, messages[:i]) if i else ""
+        if i and not full.startswith(text):
+            raise RowError("the chat template does not render the conversation turn by turn "
+                           "(a prefix of it is not a prefix of the whole); use another template", "template")
+        start_of.append(len(text))
+    for i, message in enumerate(messages):
+        begin, end = start_of[i], start_of[i + 1]
+        turn = full[begin:end]
+        content = message["content"].strip()
+        at = turn.find(content) if content else -1
+        if at < 0:
+            raise RowError(f"message {i}: its content is not found in the rendered template", "template")
+        content_end = begin + at + len(content)
+        eot_end = None
+        for eot in eot_strings:
+            k = full.find(eot, content_end, end)
+            if k >= 0:
+                eot_end = k + len(eot)
+                break
+        train_this = i in trained_turns
+        want_eot = (options.train_on_eos == "all" or
+                    (train_this and options.train_on_eos == "turn") or
+                    (train_this and options.train_on_eos == "last" and i == trained_turns[-1]))
+        if train_this and content:
+            spans.append((begin + at, content_end))
+        if want_eot and eot_end is not None:
+            spans.append((content_end, eot_end) if train_this else (eot_end - len(eot), eot_end))
+    return _segments(full, sorted(spans))
+
+
+def _segments(text, spans):
+    out, pos = [], 0
+    for start, end in spans:
+        if start > pos:
+            out.append((text[pos:start], False))
+        if end > max(start, pos):
+            out.append((text[max(start, pos):end], True))
+        pos = max(pos, end)
+    if pos < len(text):
+        out.append((text[pos:], False))
+    return out
+
+
+@hookimpl(trylast=True)
+def register_dataset_formats(register):
+    register("chat_template", chat_template, ChatTemplateOptions)
