@@ -2,6 +2,9 @@
 
 A plugin is a module (or object) with functions marked ``@ftcore.hookimpl``
 whose names match the specs below. It implements only the hooks it needs.
+``tryfirst``, ``trylast`` and ``specname`` work as in pluggy; hook wrappers
+(``wrapper=True``, ``hookwrapper=True``) are refused, because the core calls
+each implementation itself to name the plugin when one fails.
 
 When the hooks fire during ``ftcore run``::
 
@@ -50,7 +53,9 @@ def recipe_sections(register):
         key the plugin owns (for example ``"my_plugin"``) and ``model`` a
         pydantic ``BaseModel`` subclass that validates it. Unknown keys inside
         the section are errors, reported with the rest of the recipe's. The
-        validated section is available as ``recipe.section(key)``.
+        validated section is available as ``recipe.section(key)``; when the
+        recipe omits it, that is the model's defaults, or ``None`` if the
+        model has required keys.
     :return: ``None``.
     """
 

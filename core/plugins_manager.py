@@ -79,10 +79,12 @@ class Plugins:
     # ── registration ──────────────────────────────────────────────────────
 
     def add(self, obj, info: PluginInfo):
-        """Register one plugin module/object after checking its contract."""
+        """Register one plugin module/object after checking its contract and its hooks."""
         if info.name in disabled_names():
             self.blocked.append(info.name)
             return
+        if self.pm.is_registered(obj):
+            return  # already loaded under another name: installed, and listed in the recipe too
         if info.name in self.info:
             other = self.info[info.name]
             raise PluginError(
@@ -97,23 +99,13 @@ class Plugins:
                 f"but this ftcore speaks {CONTRACT_VERSION}; upgrade the plugin or "
                 f"{info.how_to_disable()}"
             )
-        try:
-            self.pm.register(obj, name=info.name)
-        except pluggy.PluginValidationError as exc:
-            raise PluginError(
-                f"plugin {info.label} has a bad hook: {exc}; {info.how_to_disable()}"
-            ) from exc
-        info.hooks = sorted(
-            caller.name for caller in self.pm.get_hookcallers(obj) or []
-        )
-        self.info[info.name] = info
-        self._collected.clear()  # registrations must include the new plugin
-        unknown = [
-            name
-            for name in dir(obj)
-            if self.pm.parse_hookimpl_opts(obj, name) is not None
-            and not hasattr(hookspecs, name)
-        ]
+        # checked before registering, so a refused plugin leaves nothing behind
+        impls = {}  # hook name -> pluggy's options, for every marked function
+        for attr in dir(obj):
+            opts = self.pm.parse_hookimpl_opts(obj, attr)
+            if opts is not None:
+                impls[opts.get("specname") or attr] = opts
+        unknown = [name for name in impls if name not in self.hook_names()]
         if unknown:
             from ftcore.recipe.suggest import did_you_mean
 
@@ -124,6 +116,26 @@ class Plugins:
                 f"plugin {info.label} implements hooks that do not exist: {hints}; "
                 f"{info.how_to_disable()}"
             )
+        wrappers = [n for n, opts in impls.items() if opts.get("wrapper") or opts.get("hookwrapper")]
+        if wrappers:
+            raise PluginError(
+                f"plugin {info.label} marks {', '.join(repr(n) for n in wrappers)} as a hook wrapper; "
+                f"ftcore calls each implementation itself and does not support wrappers: "
+                f"implement the hook without wrapper=True/hookwrapper=True, or {info.how_to_disable()}"
+            )
+        try:
+            self.pm.register(obj, name=info.name)
+        except pluggy.PluginValidationError as exc:
+            if self.pm.get_plugin(info.name) is obj:
+                self.pm.unregister(obj)  # pluggy leaves a half-registered plugin behind
+            raise PluginError(
+                f"plugin {info.label} has a bad hook: {exc}; {info.how_to_disable()}"
+            ) from exc
+        info.hooks = sorted(
+            caller.name for caller in self.pm.get_hookcallers(obj) or []
+        )
+        self.info[info.name] = info
+        self._collected.clear()  # registrations must include the new plugin
 
     def add_module(self, module_name: str, info: PluginInfo):
         if info.name in disabled_names():

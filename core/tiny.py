@@ -7,6 +7,7 @@ for real. Layer sizes are multiples of 32 (bitsandbytes' 4-bit CPU kernels
 need that).
 
     python -m ftcore.tiny llama3 OUT_DIR [--hidden 64 --layers 2 --vocab 512]
+    python -m ftcore.tiny quickstart recipes/quickstart     # rebuild the quickstart's files
 """
 
 from __future__ import annotations
@@ -101,15 +102,112 @@ def build(family: str, out_dir, corpus=None, vocab_size: int = 512, dtype: str =
     return out
 
 
+# ── the quickstart: a tiny Llama and a small task set, committed under recipes/quickstart ──
+
+WORDS = ["red", "green", "blue", "yellow", "black", "white", "cat", "dog", "bird", "fish", "tree", "star",
+         "moon", "sun", "rain", "snow"]
+
+
+def quickstart_rows(n: int = 1200, seed: int = 0) -> list[dict]:
+    """Alpaca rows of four small word and number tasks a tiny model can learn in a minute."""
+    import random
+
+    r = random.Random(seed)
+    rows = []
+    for i in range(n):
+        kind = i % 4
+        if kind == 0:
+            words = r.sample(WORDS, r.randint(3, 5))
+            rows.append({"instruction": "Reverse the words.", "input": " ".join(words),
+                         "output": " ".join(reversed(words))})
+        elif kind == 1:
+            nums = [r.randint(0, 9) for _ in range(r.randint(3, 6))]
+            rows.append({"instruction": "Sort the numbers.", "input": " ".join(map(str, nums)),
+                         "output": " ".join(map(str, sorted(nums)))})
+        elif kind == 2:
+            word = r.choice(WORDS)
+            rows.append({"instruction": "Repeat the word three times.", "input": word,
+                         "output": " ".join([word] * 3)})
+        else:
+            words = r.sample(WORDS, r.randint(3, 5))
+            rows.append({"instruction": "Name the last word.", "input": " ".join(words), "output": words[-1]})
+    return rows
+
+
+def pretraining_texts(n: int = 3000, seed: int = 1) -> list[str]:
+    """Plain word and number sequences: what the quickstart's base model "knows" before fine-tuning."""
+    import random
+
+    r = random.Random(seed)
+    texts = []
+    for i in range(n):
+        if i % 3 == 0:
+            texts.append(" ".join(r.choice(WORDS) for _ in range(r.randint(3, 10))))
+        elif i % 3 == 1:
+            texts.append(" ".join(str(r.randint(0, 9)) for _ in range(r.randint(3, 10))))
+        else:
+            texts.append(" ".join(sorted(str(r.randint(0, 9)) for _ in range(r.randint(3, 10)))))
+    return texts
+
+
+def build_quickstart(out_dir) -> Path:
+    """Write ``tasks.jsonl`` and ``tiny-llama/`` (about 1 M parameters, bf16) into ``out_dir``.
+
+    The model is first pretrained for a minute with ftcore itself (full
+    fine-tuning, ``type: completion``) on plain word and number sequences, so
+    the quickstart fine-tunes a base that knows its vocabulary but not the
+    tasks: the evaluation loss before and after then means something.
+    """
+    import json
+    import tempfile
+
+    from ftcore.cli import main as ftcore_main
+    from ftcore.plugins.formats.alpaca import PREAMBLE, PREAMBLE_WITH_INPUT
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = quickstart_rows()
+    (out / "tasks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    corpus = DEFAULT_CORPUS + [f"{PREAMBLE_WITH_INPUT}### Instruction:\n{r['instruction']}\n\n### Input:\n"
+                               f"{r['input']}\n\n### Response:\n{r['output']}" for r in rows[:400]] + [PREAMBLE] * 50
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        build("llama3", tmp / "random", corpus, vocab_size=1024, hidden=128, layers=4, intermediate=256, seed=0)
+        (tmp / "texts.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in pretraining_texts()),
+                                         encoding="utf-8")
+        recipe = {"base_model": str(tmp / "random"), "datasets": [{"path": str(tmp / "texts.jsonl"),
+                  "type": "completion"}], "sequence_len": 64, "micro_batch_size": 16, "num_epochs": 2,
+                  "learning_rate": 3e-3, "lr_scheduler": "cosine", "warmup_ratio": 0.05,
+                  "logging_steps": 50, "seed": 0, "output_dir": str(tmp / "pretrained")}
+        import yaml
+
+        (tmp / "pretrain.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+        if ftcore_main(["run", str(tmp / "pretrain.yaml")]) != 0:
+            raise RuntimeError("pretraining the quickstart model failed")
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        import torch
+
+        model = AutoModelForCausalLM.from_pretrained(tmp / "pretrained", dtype=torch.bfloat16)
+        tokenizer = AutoTokenizer.from_pretrained(tmp / "random")  # without the pad token the run added
+        target = out / "tiny-llama"
+        model.save_pretrained(target)
+        tokenizer.save_pretrained(target)
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m ftcore.tiny", description=__doc__.split("\n\n")[0])
-    parser.add_argument("family", choices=["llama3", "qwen2"])
+    parser.add_argument("family", choices=["llama3", "qwen2", "quickstart"])
     parser.add_argument("out_dir")
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=512)
     parser.add_argument("--corpus", help="a text file to train the tokenizer on (one document per line)")
     args = parser.parse_args(argv)
+    if args.family == "quickstart":
+        print(build_quickstart(args.out_dir))
+        return
     corpus = Path(args.corpus).read_text(encoding="utf-8").splitlines() if args.corpus else None
     print(build(args.family, args.out_dir, corpus, args.vocab, hidden=args.hidden, layers=args.layers))
 

@@ -23,8 +23,10 @@ def _looks_local(value: str) -> bool:
 
 
 def path_problems(recipe):
-    """Local files and folders the recipe names that do not exist."""
+    """What stops a valid recipe from running here: no datasets, local paths that do not exist."""
     problems = []
+    if not recipe.datasets:
+        problems.append(("datasets", "required to run: at least one entry with path and type"))
     checks = [("base_model", recipe.base_model), ("base_model_config", recipe.base_model_config),
               ("tokenizer_config", recipe.tokenizer_config), ("lora_model_dir", recipe.lora_model_dir)]
     for list_key in ("datasets", "test_datasets"):

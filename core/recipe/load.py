@@ -2,12 +2,13 @@
 
 The result is a plain dict, not yet validated. Interpolation is limited to
 references to other keys (``${learning_rate}``), ``${oc.env:NAME}`` and ``${recipe_dir:}`` (the folder of the file that contains
-it), so a recipe can never run code.
+it; in a command-line override, the folder of the recipe named there), so a recipe can never run code.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from ftcore.errors import RecipeError
 SAFE_RESOLVERS = {"oc.env", "recipe_dir"}
 _RESOLVER = re.compile(r"\$\{\s*([A-Za-z_][\w.]*)\s*:")
 _RECIPE_DIR = re.compile(r"\$\{\s*recipe_dir\s*:\s*\}")
+_YAML12_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9_]+|[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)$")
 
 
 @dataclass
@@ -85,6 +87,8 @@ def _make_strict_loader():
         seen = {}
         for key_node, _ in node.value:
             key = loader.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # SafeLoader reports it
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key '{key}' (first on line {seen[key] + 1})", key_node.start_mark
@@ -93,6 +97,13 @@ def _make_strict_loader():
         return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
     StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    # Read scalars as OmegaConf does: 1e-4 is a float (YAML 1.1 wants 1.0e-4) and
+    # 2024-01-01 stays a string (OmegaConf cannot hold a date).
+    StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+0123456789."))
+    StrictLoader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in StrictLoader.yaml_implicit_resolvers.items()
+    }
     return StrictLoader
 
 
@@ -123,6 +134,21 @@ def _unsafe_resolvers(value, path=""):
             yield from _unsafe_resolvers(v, f"{path}[{i}]")
 
 
+def _message(exc) -> str:
+    """The first line of an OmegaConf error (the rest repeats the key and object type)."""
+    return (getattr(exc, "msg", None) or str(exc)).splitlines()[0]
+
+
+def _create(data: dict, source: str):
+    """``OmegaConf.create``; a value OmegaConf cannot hold (a YAML ``!!set``) is a ``RecipeError``."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return _omegaconf().create(data)
+    except OmegaConfBaseException as exc:
+        raise RecipeError([(getattr(exc, "full_key", None), _message(exc))], source=source) from exc
+
+
 def _load_with_extends(path: Path, named_recipes, chain: list[Path]):
     OmegaConf = _omegaconf()
     resolved = path.resolve()
@@ -133,14 +159,17 @@ def _load_with_extends(path: Path, named_recipes, chain: list[Path]):
     files = [path]
     parent_name = data.pop("extends", None)
     if parent_name is None:
-        return OmegaConf.create(data), files
+        return _create(data, str(path)), files
     if not isinstance(parent_name, str):
         raise RecipeError([("extends", "must be a path or a recipe name (a string)")], source=str(path))
     parent_path = path.parent / parent_name
     if not parent_path.is_file():
-        parent_path = find_recipe(parent_name, named_recipes)
+        try:
+            parent_path = find_recipe(parent_name, named_recipes)
+        except RecipeError as exc:
+            raise RecipeError([("extends", message) for _, message in exc.problems], source=str(path)) from None
     parent, parent_files = _load_with_extends(parent_path, named_recipes, chain + [resolved])
-    return OmegaConf.merge(parent, OmegaConf.create(data)), parent_files + files
+    return OmegaConf.merge(parent, _create(data, str(path))), parent_files + files
 
 
 _INDEX = re.compile(r"\[(\d+)\]")
@@ -176,7 +205,7 @@ def _apply_override(cfg, dotted: str, value, original: str):
             node = nxt
             continue
         if part not in node or node[part] is None:
-            node[part] = {}
+            node[part] = [] if parts[i + 1].isdigit() else {}
         node = node[part]
         if not OmegaConf.is_config(node):
             raise RecipeError([(original, f"'{'.'.join(parts[: i + 1])}' is a value, not a mapping or list")], source="command line")
@@ -194,12 +223,18 @@ def _apply_override(cfg, dotted: str, value, original: str):
 
 def load_raw(source: str, overrides=(), named_recipes=None) -> RawRecipe:
     """Read a recipe file (or named recipe), follow ``extends``, apply overrides."""
+    from omegaconf.errors import OmegaConfBaseException
+
     OmegaConf = _omegaconf()
     path = find_recipe(source, named_recipes)
     cfg, files = _load_with_extends(path, named_recipes, [])
     for text in overrides:
         dotted, value = parse_override(text)
-        _apply_override(cfg, dotted, value, text.partition("=")[0])
+        key = text.partition("=")[0]
+        try:
+            _apply_override(cfg, dotted, _substitute_recipe_dir(value, path.resolve().parent), key)
+        except OmegaConfBaseException as exc:
+            raise RecipeError([(key, _message(exc))], source="command line") from exc
     container = OmegaConf.to_container(cfg, resolve=False)
     bad = list(_unsafe_resolvers(container))
     if bad:
@@ -212,8 +247,7 @@ def load_raw(source: str, overrides=(), named_recipes=None) -> RawRecipe:
         data = OmegaConf.to_container(cfg, resolve=True)
     except Exception as exc:  # omegaconf's InterpolationResolutionError and friends
         key = getattr(exc, "full_key", None)
-        msg = getattr(exc, "msg", None) or str(exc).splitlines()[0]
-        raise RecipeError([(key, f"cannot resolve interpolation: {msg}")], source=str(path)) from exc
+        raise RecipeError([(key, f"cannot resolve interpolation: {_message(exc)}")], source=str(path)) from exc
     return RawRecipe(data, path, files)
 
 

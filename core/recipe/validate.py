@@ -100,12 +100,25 @@ def _split_dataset_entry(entry, path, formats, problems):
             problems.append((f"{path}.{key}", f"unknown key for type '{spec.type}'"
                                              f"{did_you_mean(key, DATASET_KEYS)}"))
         return spec
+    # A blank option ("field_system:") means "not set", as at the top level; unknown keys are still reported.
+    extra = {k: v for k, v in extra.items() if v is not None or k not in option_keys}
     try:
         spec._options = options_model.model_validate(extra)
     except ValidationError as exc:
         problems.extend(pydantic_problems(exc, path, DATASET_KEYS + option_keys))
         return None
     return spec
+
+
+def _without_failed_keys(data, compat, exc: ValidationError):
+    """The recipe minus the keys that failed, so cross-key checks still run (every problem at once)."""
+    failed = {err["loc"][0] for err in exc.errors() if err["loc"]}
+    kept = {k: v for k, v in data.items() if k not in failed}
+    kept.setdefault("base_model", "")  # already reported as missing
+    try:
+        return Recipe.model_validate({**kept, "compat": compat})
+    except ValidationError:
+        return None
 
 
 def validate(raw, plugins) -> Recipe:
@@ -148,17 +161,26 @@ def validate(raw, plugins) -> Recipe:
         if None not in specs:
             data[list_key] = specs  # validated instances pass through pydantic unchanged
 
-    recipe = None
+    complete = True
     try:
         recipe = Recipe.model_validate({**data, "compat": compat})
     except ValidationError as exc:
         problems.extend(pydantic_problems(exc, "", known))
+        recipe = _without_failed_keys(data, compat, exc)
+        complete = False
 
     validated_sections = {}
     for key, (model, _plugin) in sections.items():
-        value = section_raw.get(key)
+        if key not in section_raw:
+            # Not configured: the defaults if the section has them, else None. A plugin
+            # with required keys must not break recipes that do not use it.
+            try:
+                validated_sections[key] = model.model_validate({})
+            except ValidationError:
+                validated_sections[key] = None
+            continue
         try:
-            validated_sections[key] = model.model_validate(value or {})
+            validated_sections[key] = model.model_validate(section_raw[key] or {})
         except ValidationError as exc:
             problems.extend(pydantic_problems(exc, key, tuple(model.model_fields)))
 
@@ -174,7 +196,7 @@ def validate(raw, plugins) -> Recipe:
             if name not in names:
                 problems.append(("evaluators", f"unknown evaluator '{name}'{did_you_mean(name, names)}; "
                                                f"registered: {', '.join(names)}"))
-        if not problems:
+        if complete:  # plugins' rules would misfire on a recipe missing its invalid keys
             plugins.call_all("validate_recipe", recipe=recipe, error=lambda k, m: problems.append((k, m)))
     if problems:
         raise RecipeError(problems, source=raw.source)
