@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ftcore import hooks
 from ftcore.artifacts import (Manifest, check_output_dir, clear_output_dir, metrics_callback, plot_loss,
@@ -25,8 +27,16 @@ from ftcore.train import build_trainer, training_arguments, wandb_environment
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
-def run(recipe, plugins, overwrite: bool = False) -> dict:
-    """Train as the recipe says; return the final metrics. Writes ``recipe.output_dir``."""
+@dataclass
+class RunResult:
+    output_dir: Path
+    metrics: dict
+    model: Any  # the trained model, in memory (a PeftModel under an adapter)
+    tokenizer: Any
+
+
+def run(recipe, plugins, overwrite: bool = False) -> RunResult:
+    """Train as the recipe says. Writes ``recipe.output_dir``."""
     output_dir = Path(recipe.output_dir)
     check_output_dir(output_dir, overwrite, resume=bool(recipe.resume_from_checkpoint))
     plugin_arguments = hooks.trainer_arguments(plugins, recipe)  # fails fast on deepspeed/fsdp without a plugin
@@ -82,7 +92,7 @@ def run(recipe, plugins, overwrite: bool = False) -> dict:
             metrics = summarize(records)
             manifest.finish(status, metrics, [f for f in files if f])
     _report_result(output_dir, metrics)
-    return metrics
+    return RunResult(output_dir, metrics, trainer.model, tokenizer)
 
 
 def _seed(seed: int) -> None:

@@ -55,8 +55,10 @@ def training_arguments(recipe, output_dir, n_train: int, has_eval: bool, precisi
         "dataloader_num_workers": 0,
         "dataloader_pin_memory": cuda,
     }
-    if recipe.tf32 is not None:
-        args["tf32"] = recipe.tf32
+    if recipe.tf32 and cuda:
+        args["tf32"] = True  # TF32 matmuls exist on NVIDIA Ampere and newer only; ignored elsewhere
+    elif recipe.tf32 is False and cuda:
+        args["tf32"] = False
     if recipe.gradient_checkpointing:
         args["gradient_checkpointing"] = True
         args["gradient_checkpointing_kwargs"] = recipe.gradient_checkpointing_kwargs or {"use_reentrant": False}

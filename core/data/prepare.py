@@ -115,9 +115,12 @@ def prepare_datasets(recipe, tokenizer, formats, chat_template=None, limit=None)
     train_counts, eval_counts = _Counts(), _Counts()
     train = _examples(recipe.datasets or [], recipe, ctx, formats, train_counts, data.sources, limit)
     if not train:
+        hint = ""
+        if any(reason.startswith("longer than") for reason in train_counts.dropped):
+            hint = "; raise sequence_len, or set excess_length_strategy: truncate"
         raise DataError(
             "no training examples left after formatting: "
-            f"{train_counts.read} rows read, dropped: {dict(train_counts.dropped) or 'none'}"
+            f"{train_counts.read} rows read, dropped: {dict(train_counts.dropped) or 'none'}{hint}"
         )
     if recipe.test_datasets:
         data.eval = _examples(recipe.test_datasets, recipe, ctx, formats, eval_counts, data.sources, limit)
@@ -146,9 +149,7 @@ def set_chat_template(recipe, tokenizer, templates: dict) -> str | None:
     template, _plugin = templates[recipe.chat_template]
     text = template(tokenizer, recipe) if callable(template) else template
     if not text:
-        raise FtcoreError(f"chat_template: {recipe.chat_template} gives no template "
-                          f"(the tokenizer of '{recipe.tokenizer_config or recipe.base_model}' has none); "
-                          f"choose a named template such as llama3 or chatml")
+        return None  # tokenizer_default without a template: formats that need one say so
     missing = [t for t in _special_tokens_in(text) if t not in tokenizer.get_vocab()]
     if missing:
         raise FtcoreError(f"chat_template: {recipe.chat_template} uses tokens the tokenizer lacks: "

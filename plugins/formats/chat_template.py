@@ -108,6 +108,11 @@ def chat_template(row, dataset, ctx):
     options = dataset.options
     messages = messages_of(row, options)
     template = ctx.chat_template
+    if not template:
+        from ftcore import FtcoreError
+
+        raise FtcoreError("type: chat_template needs a chat template, and the tokenizer has none; "
+                          "set chat_template: (llama3, chatml, jinja, ...) in the recipe")
     full = _render(ctx.tokenizer, template, messages)
     if ctx.recipe.train_on_inputs:
         return [(full, True)]
