@@ -7,6 +7,7 @@ is written to ``output_dir`` until training is about to start.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ def run(recipe, plugins, overwrite: bool = False) -> RunResult:
     output_dir = Path(recipe.output_dir)
     check_output_dir(output_dir, overwrite, resume=bool(recipe.resume_from_checkpoint))
     plugin_arguments = hooks.trainer_arguments(plugins, recipe)  # fails fast on deepspeed/fsdp without a plugin
+    if recipe.wandb_project and importlib.util.find_spec("wandb") is None:
+        raise FtcoreError("wandb_project is set, but wandb is not installed: pip install wandb, or remove wandb_project")
     dtype = precision(recipe)
     hardware = describe()
     if recipe.sample_packing:
