@@ -287,4 +287,7 @@ def load_plugins(recipe_plugins=()) -> Plugins:
             ) from exc
         plugins.add(obj, info)
     plugins.add_recipe_plugins(recipe_plugins)
+    # ``add`` already refuses hooks without a spec, naming the plugin; pluggy's own
+    # check stays as the backstop should a plugin be registered another way.
+    plugins.pm.check_pending()
     return plugins

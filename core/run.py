@@ -66,7 +66,7 @@ def run(recipe, plugins, overwrite: bool = False) -> RunResult:
     arguments = training_arguments(recipe, output_dir, len(data.train), bool(data.eval), dtype,
                                    plugin_arguments, world_size, cuda=hardware["cuda"])
     os.environ.update(wandb_environment(recipe))
-    _report_plan(recipe, dtype, data, arguments, world_size)
+    _report_plan(recipe, dtype, world_size)
 
     callbacks = [metrics_callback(output_dir), *hooks.trainer_callbacks(plugins, recipe)]
     trainer = build_trainer(recipe, model, tokenizer, data, collator, arguments, callbacks, evaluators)
@@ -78,24 +78,35 @@ def run(recipe, plugins, overwrite: bool = False) -> RunResult:
     status, metrics = "failed", {}
     try:
         trainer.train(resume_from_checkpoint=recipe.resume_from_checkpoint or None)
-        if data.eval:
+        if data.eval and not _evaluated_last_step(trainer):
             trainer.evaluate()
         status = "completed"
     except KeyboardInterrupt:
         status = "interrupted"
-        raise FtcoreError(f"interrupted; the model as trained so far is saved in {output_dir}") from None
+        raise Interrupted(f"interrupted; the model as trained so far is saved in {output_dir}") from None
     finally:
+        main_process = trainer.is_world_process_zero()
         files = []
-        if status != "failed" and trainer.is_world_process_zero():
-            trainer.save_model(str(output_dir))  # adapter or full model, and the tokenizer
-            files = hooks.save_artifacts(plugins, recipe, trainer.model, tokenizer, output_dir)
-        if trainer.is_world_process_zero():
+        if status != "failed":
+            trainer.save_model(str(output_dir))  # every rank: ZeRO-3/FSDP gather here; rank 0 writes
+            if main_process:
+                files = hooks.save_artifacts(plugins, recipe, trainer.model, tokenizer, output_dir)
+        if main_process:
             records = read_metrics(output_dir)
             files.append(plot_loss(output_dir, records) or "")
             metrics = summarize(records)
             manifest.finish(status, metrics, [f for f in files if f])
     _report_result(output_dir, metrics)
     return RunResult(output_dir, metrics, trainer.model, tokenizer)
+
+
+class Interrupted(FtcoreError):
+    exit_code = 130
+
+
+def _evaluated_last_step(trainer) -> bool:
+    history = trainer.state.log_history
+    return bool(history) and "eval_loss" in history[-1] and history[-1].get("step") == trainer.state.global_step
 
 
 def _seed(seed: int) -> None:
@@ -112,7 +123,7 @@ def _report_data(data) -> None:
           f"{data.stats['train_examples']} train / {data.stats['eval_examples']} eval examples")
 
 
-def _report_plan(recipe, dtype, data, arguments, world_size) -> None:
+def _report_plan(recipe, dtype, world_size) -> None:
     global_batch = recipe.micro_batch_size * recipe.gradient_accumulation_steps * world_size
     print(f"run: {recipe.base_model} | {recipe.adapter or 'full fine-tuning'} | {dtype} | "
           f"global batch {global_batch} = {recipe.micro_batch_size} x {recipe.gradient_accumulation_steps} "

@@ -336,7 +336,7 @@ def test_recipe_dir_is_the_folder_of_the_recipe(tmp_path, monkeypatch):
     folder = tmp_path / "recipes"
     folder.mkdir()
     write_jsonl(folder / "data.jsonl", alpaca_rows(2))
-    path = write_text(folder / "r.yaml", "base_model: org/model\noutput_dir: ${recipe_dir:}/out\n"
+    write_text(folder / "r.yaml", "base_model: org/model\noutput_dir: ${recipe_dir:}/out\n"
                                          "datasets:\n  - path: ${recipe_dir:}/data.jsonl\n    type: alpaca\n")
     monkeypatch.chdir(tmp_path)
     r = check("recipes/r.yaml")
@@ -739,3 +739,11 @@ def test_axolotl_plugins_are_skipped_not_imported(tmp_path):
     path = write_recipe(tmp_path / "r.yaml", base_model="org/model",
                         plugins=["axolotl.integrations.liger.LigerPlugin"], liger_rms_norm=True)
     assert check(path).plugins == ["axolotl.integrations.liger.LigerPlugin"]
+
+
+def test_a_binary_file_is_a_clear_error_not_a_traceback(tmp_path):
+    path = tmp_path / "model.bin"
+    path.write_bytes(b"\xff\xfe\x00\x01binary")
+    with pytest.raises(RecipeError) as info:
+        load_raw(str(path))
+    assert "not a UTF-8 text file" in str(info.value) and str(path) in str(info.value)

@@ -114,7 +114,6 @@ def test_chat_data_run_saves_the_template_used_in_training(tiny_qwen, chat_file,
 
 
 def test_run_folder_records_what_happened(tiny_llama, alpaca_file, tmp_path):
-    from ftcore.hooks import named_recipes
     from ftcore.plugins_manager import load_plugins
     from ftcore.recipe import load_raw, validate
 

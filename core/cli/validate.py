@@ -67,5 +67,5 @@ def handle(args) -> int:
     print(f"  output_dir: {recipe.output_dir}")
     out = Path(recipe.output_dir)
     if out.is_dir() and any(out.iterdir()) and not recipe.resume_from_checkpoint:
-        print(f"  note: output_dir is not empty; `ftcore run` will need --overwrite")
+        print("  note: output_dir is not empty; `ftcore run` will need --overwrite")
     return 0

@@ -44,7 +44,7 @@ def tokenize_segments(segments, tokenizer) -> dict:
     spans = trained_spans(segments)
     starts = [s for s, _ in spans]
     labels = []
-    for token, (start, end) in zip(ids, enc["offset_mapping"]):
+    for token, (start, end) in zip(ids, enc["offset_mapping"], strict=True):
         trained = False
         if end > start:
             i = bisect_right(starts, end - 1) - 1  # last span starting before the token ends

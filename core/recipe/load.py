@@ -63,6 +63,9 @@ def _read_yaml(path: Path):
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise RecipeError([(None, f"cannot read the file: {exc.strerror}")], source=str(path)) from exc
+    except UnicodeDecodeError as exc:
+        raise RecipeError([(None, f"not a UTF-8 text file (byte {exc.start}): is this a recipe?")],
+                          source=str(path)) from exc
     try:
         data = yaml.load(text, Loader=_strict_loader())
     except yaml.YAMLError as exc:

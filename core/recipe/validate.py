@@ -18,7 +18,6 @@ from ftcore.recipe.axolotl import ADVICE, AXOLOTL_KEYS, HINTS
 from ftcore.recipe.schema import CORE_KEYS, DATASET_KEYS, DatasetSpec, Recipe
 from ftcore.recipe.suggest import did_you_mean
 
-_TYPE_TAG = re.compile(r"^[a-z_-]+(\[.*\])?$")
 _TYPE_TAGS = {"bool", "int", "str", "float", "dict", "list", "none", "tuple", "literal", "nullable"}
 
 
