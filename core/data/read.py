@@ -6,7 +6,9 @@ name them. Each local file's sha256 is recorded for the run manifest.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,11 +80,21 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _text(path: Path) -> str:
+    """The whole file as text (a UTF-8 BOM is dropped); DataError naming the line of a bad byte."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}: line {line}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
+
+
 def _read_jsonl(path: Path):
     with path.open("rb") as fh:
         for number, raw in enumerate(fh, start=1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as exc:
                 yield number, RowProblem(f"line is not valid UTF-8 ({exc.reason} at byte {exc.start})", "undecodable line")
                 continue
@@ -100,19 +112,18 @@ def _read_jsonl(path: Path):
 
 
 def _read_json(path: Path):
+    text = _text(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # a JSON-lines file named .json
             yield from _read_jsonl(path)
             return
         raise DataError(f"{path}: malformed JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from exc
-    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
-        data = next(iter(data.values()))
+    if isinstance(data, dict):
+        data = [data]  # one JSON object: one row
     if not isinstance(data, list):
-        raise DataError(f"{path}: expected a list of JSON objects (or JSON lines)")
+        raise DataError(f"{path}: expected a JSON object, a list of them, or JSON lines")
     for number, row in enumerate(data, start=1):
         if not isinstance(row, dict):
             yield number, RowProblem(f"expected a JSON object, got {type(row).__name__}", "not an object")
@@ -120,16 +131,38 @@ def _read_json(path: Path):
             yield number, row
 
 
-def _read_with_datasets(path: Path, kind: str):
-    import datasets
+def _read_csv(path: Path):
+    """Every cell is text ("007" stays "007", "NA" stays "NA"); an empty cell is missing."""
+    reader = csv.DictReader(io.StringIO(_text(path), newline=""))
+    for row in reader:
+        yield reader.line_num, {k: (v if v != "" else None) for k, v in row.items() if k is not None}
 
-    builder = {"csv": "csv", "parquet": "parquet", "arrow": "arrow"}[kind]
+
+def _read_text(path: Path):
+    """``ds_type: text``: each non-empty line is a row ``{"text": line}``."""
+    for number, line in enumerate(_text(path).splitlines(), start=1):
+        if line.strip():
+            yield number, {"text": line}
+
+
+def _read_arrow(path: Path, kind: str):
+    """Parquet and Arrow files through pyarrow (no cache written anywhere)."""
+    import pyarrow.ipc
+    import pyarrow.parquet
+
     try:
-        table = datasets.load_dataset(builder, data_files=str(path), split="train")
-    except Exception as exc:
+        if kind == "parquet":
+            table = pyarrow.parquet.read_table(path)
+        else:
+            with pyarrow.memory_map(str(path)) as source:
+                try:
+                    table = pyarrow.ipc.open_file(source).read_all()
+                except pyarrow.ArrowInvalid:
+                    source.seek(0)
+                    table = pyarrow.ipc.open_stream(source).read_all()
+    except (pyarrow.ArrowException, OSError) as exc:
         raise DataError(f"{path}: cannot read as {kind}: {exc}") from exc
-    offset = 2 if kind == "csv" else 1  # csv: line 1 is the header
-    for number, row in enumerate(table, start=offset):
+    for number, row in enumerate(table.to_pylist(), start=1):
         yield number, row
 
 
@@ -143,8 +176,10 @@ def read_rows(spec, limit: int | None = None) -> ReadResult:
         return _read_hub(spec, limit)
     for path in _files(spec, base):
         kind = _kind(path, spec)
-        reader = {"jsonl": _read_jsonl, "json": _read_json}.get(kind)
-        rows = reader(path) if reader else _read_with_datasets(path, kind)
+        if kind in ("parquet", "arrow"):
+            rows = _read_arrow(path, kind)
+        else:
+            rows = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "text": _read_text}[kind](path)
         source = Source(str(path), sha256=_sha256(path))
         for number, row in rows:
             result.rows.append(((str(path), number), row))

@@ -2,10 +2,9 @@
 
 A format returns ``[(text, trained), ...]``. The joined text is tokenized once
 (so tokens are exactly what the model sees at inference), and a token is
-trained when its characters overlap a trained segment. Tokens the tokenizer
-adds itself (BOS) have no characters and are never trained. If the text
-already starts with the BOS token, the tokenizer is told not to add another:
-never two BOS.
+trained when its characters overlap a trained segment. The BOS token is never
+trained, whether the tokenizer adds it or the text (a chat template) starts
+with it; in that case the tokenizer is told not to add another: never two BOS.
 """
 
 from __future__ import annotations
@@ -50,4 +49,6 @@ def tokenize_segments(segments, tokenizer) -> dict:
             i = bisect_right(starts, end - 1) - 1  # last span starting before the token ends
             trained = i >= 0 and spans[i][1] > start
         labels.append(token if trained else IGNORE_INDEX)
+    if not add_special and ids and ids[0] == tokenizer.bos_token_id:
+        labels[0] = IGNORE_INDEX  # the template's BOS, like the tokenizer's, is never trained
     return {"input_ids": list(ids), "labels": labels}

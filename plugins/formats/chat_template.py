@@ -7,8 +7,11 @@ get -100. With ``train_on_inputs: true`` everything trains.
 
 How: the conversation is rendered once per prefix (``messages[:i]``); the
 difference between two renders is message i's text, in which the content is
-located. This works for any template that renders a conversation as the
-concatenation of its turns, which chat templates do.
+located: it ends just before the turn's end-of-turn token, so a short reply
+("a", "end") is never found inside the turn's header. The content's leading
+and trailing whitespace trains too when the template renders it (chatml), not
+when the template trims it (llama3). This works for any template that renders
+a conversation as the concatenation of its turns, which chat templates do.
 """
 
 from typing import Literal
@@ -84,6 +87,9 @@ def messages_of(row, options):
             raise RowError(f"{where} must be an object, got {type(message).__name__}", "wrong type")
         if role_key not in message:
             raise RowError(f"{where}: missing field '{role_key}'", "missing field")
+        if not isinstance(message[role_key], str):
+            raise RowError(f"{where}: field '{role_key}' must be a string, got {type(message[role_key]).__name__}",
+                           "wrong type")
         role = aliases.get(message[role_key])
         if role is None:
             raise RowError(f"{where}: unknown role {message[role_key]!r}; known: {', '.join(sorted(aliases))}",
@@ -92,7 +98,10 @@ def messages_of(row, options):
             raise RowError(f"{where}: missing field '{content_key}'", "missing field")
         if role == "system" and options.drop_system_message:
             continue
-        train = message.get(options.message_field_training or "train")
+        train_key = options.message_field_training or "train"
+        train = message.get(train_key)
+        if train is not None and not isinstance(train, bool):
+            raise RowError(f"{where}: field '{train_key}' must be true or false, got {train!r}", "wrong type")
         messages.append({"role": role, "content": _content_text(message[content_key], where), "train": train})
     if not any(m["role"] != "system" for m in messages):
         raise RowError("conversation has no user or assistant turn", "empty conversation")
@@ -130,10 +139,19 @@ def chat_template(row, dataset, ctx):
     for i, message in enumerate(messages):
         begin, end = start_of[i], start_of[i + 1]
         turn = full[begin:end]
-        content = message["content"].strip()
-        at = turn.find(content) if content else -1
+        raw = message["content"]
+        content = raw.strip()
+        closing = [turn.rfind(eot) for eot in eot_strings if eot in turn]
+        limit = max(closing) if closing else len(turn)
+        at = turn.rfind(content, 0, limit) if content else limit  # search back from the end, not in the header
         if at < 0:
             raise RowError(f"message {i}: its content is not found in the rendered template", "template")
+        train_this = i in trained_turns
+        if train_this and raw != content:
+            lead = len(raw) - len(raw.lstrip())
+            trimmed = _render(ctx.tokenizer, template, messages[:i] + [{**message, "content": content}])
+            if trimmed != full[:end] and at >= lead and turn[at - lead:at - lead + len(raw)] == raw:
+                at, content = at - lead, raw  # the template keeps the whitespace: it is part of the reply
         content_end = begin + at + len(content)
         eot_end = None
         for eot in eot_strings:
@@ -141,7 +159,6 @@ def chat_template(row, dataset, ctx):
             if k >= 0:
                 eot_end = k + len(eot)
                 break
-        train_this = i in trained_turns
         want_eot = (options.train_on_eos == "all" or
                     (train_this and options.train_on_eos == "turn") or
                     (train_this and options.train_on_eos == "last" and i == trained_turns[-1]))

@@ -36,10 +36,17 @@ def tokenizer_default(tokenizer, recipe):
     return getattr(tokenizer, "chat_template", None)
 
 
+def _is_file(path):
+    try:
+        return path.is_file()
+    except OSError:  # an inline template is often too long to be a file name
+        return False
+
+
 def jinja(tokenizer, recipe):
     text = recipe.chat_template_jinja
     path = Path(text).expanduser()
-    if "{" not in text and path.suffix in (".jinja", ".j2", ".txt") or path.is_file():
+    if "{" not in text and path.suffix in (".jinja", ".j2", ".txt") or _is_file(path):
         try:
             return path.read_text(encoding="utf-8")
         except OSError as exc:
