@@ -113,6 +113,46 @@ def _render(tokenizer, template, messages):
                                          chat_template=template, tokenize=False)
 
 
+def _turn_starts(tokenizer, template, messages, full):
+    """Where each turn starts in ``full`` (and, last, where the conversation ends)."""
+    starts = [0]
+    for i in range(1, len(messages) + 1):
+        text = _render(tokenizer, template, messages[:i])
+        if not full.startswith(text):
+            raise RowError("the chat template does not render the conversation turn by turn "
+                           "(a prefix of it is not a prefix of the whole); use another template", "template")
+        starts.append(len(text))
+    return starts
+
+
+def _reply(tokenizer, template, messages, i, full, begin, end, eot_strings, trained):
+    """``(start, end)`` of message i's content in ``full``: searched back from its end-of-turn token."""
+    turn = full[begin:end]
+    raw = messages[i]["content"]
+    content = raw.strip()
+    closing = [turn.rfind(eot) for eot in eot_strings if eot in turn]
+    limit = max(closing) if closing else len(turn)
+    at = turn.rfind(content, 0, limit) if content else limit  # from the end: never inside the header
+    if at < 0:
+        raise RowError(f"message {i}: its content is not found in the rendered template", "template")
+    if trained and raw != content:
+        # a template that keeps surrounding whitespace renders it as part of the reply: train it too
+        lead = len(raw) - len(raw.lstrip())
+        trimmed = _render(tokenizer, template, messages[:i] + [{**messages[i], "content": content}])
+        if trimmed != full[:end] and at >= lead and turn[at - lead:at - lead + len(raw)] == raw:
+            at, content = at - lead, raw
+    return begin + at, begin + at + len(content)
+
+
+def _end_of_turn(full, start, end, eot_strings):
+    """``(start, end)`` of the first end-of-turn token in ``full[start:end]``, or None."""
+    for eot in eot_strings:
+        k = full.find(eot, start, end)
+        if k >= 0:
+            return k, k + len(eot)
+    return None
+
+
 def chat_template(row, dataset, ctx):
     options = dataset.options
     messages = messages_of(row, options)
@@ -128,44 +168,21 @@ def chat_template(row, dataset, ctx):
     eot_strings = [t for t in END_OF_TURN if t in full] or [ctx.tokenizer.eos_token]
     trained_turns = [i for i, m in enumerate(messages)
                      if (m["train"] if m["train"] is not None else m["role"] in options.roles_to_train)]
+    starts = _turn_starts(ctx.tokenizer, template, messages, full)
     spans = []
-    start_of = []
-    for i in range(len(messages) + 1):
-        text = _render(ctx.tokenizer, template, messages[:i]) if i else ""
-        if i and not full.startswith(text):
-            raise RowError("the chat template does not render the conversation turn by turn "
-                           "(a prefix of it is not a prefix of the whole); use another template", "template")
-        start_of.append(len(text))
-    for i, message in enumerate(messages):
-        begin, end = start_of[i], start_of[i + 1]
-        turn = full[begin:end]
-        raw = message["content"]
-        content = raw.strip()
-        closing = [turn.rfind(eot) for eot in eot_strings if eot in turn]
-        limit = max(closing) if closing else len(turn)
-        at = turn.rfind(content, 0, limit) if content else limit  # search back from the end, not in the header
-        if at < 0:
-            raise RowError(f"message {i}: its content is not found in the rendered template", "template")
+    for i in range(len(messages)):
         train_this = i in trained_turns
-        if train_this and raw != content:
-            lead = len(raw) - len(raw.lstrip())
-            trimmed = _render(ctx.tokenizer, template, messages[:i] + [{**message, "content": content}])
-            if trimmed != full[:end] and at >= lead and turn[at - lead:at - lead + len(raw)] == raw:
-                at, content = at - lead, raw  # the template keeps the whitespace: it is part of the reply
-        content_end = begin + at + len(content)
-        eot_end = None
-        for eot in eot_strings:
-            k = full.find(eot, content_end, end)
-            if k >= 0:
-                eot_end = k + len(eot)
-                break
+        reply_start, reply_end = _reply(ctx.tokenizer, template, messages, i, full, starts[i], starts[i + 1],
+                                        eot_strings, train_this)
+        eot = _end_of_turn(full, reply_end, starts[i + 1], eot_strings)
         want_eot = (options.train_on_eos == "all" or
                     (train_this and options.train_on_eos == "turn") or
                     (train_this and options.train_on_eos == "last" and i == trained_turns[-1]))
-        if train_this and content:
-            spans.append((begin + at, content_end))
-        if want_eot and eot_end is not None:
-            spans.append((content_end, eot_end) if train_this else (eot_end - len(eot), eot_end))
+        if train_this and reply_end > reply_start:
+            spans.append((reply_start, reply_end))
+        if want_eot and eot is not None:
+            # a trained reply runs on to its end-of-turn token; otherwise just the token
+            spans.append((reply_end, eot[1]) if train_this else eot)
     return _segments(full, sorted(spans))
 
 
