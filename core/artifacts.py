@@ -140,7 +140,7 @@ def summarize(records: list[dict]) -> dict:
     """Final metrics for ``run.json``: last train loss, first and last eval numbers."""
     out = {}
     train = [r for r in records if "loss" in r]
-    evals = [r for r in records if "eval_loss" in r]
+    evals = [r for r in records if any(k.startswith("eval_") for k in r)]
     if train:
         out["train_loss_first"] = train[0]["loss"]
         out["train_loss_last"] = train[-1]["loss"]

@@ -110,7 +110,8 @@ def register_commands(register):
 def load_tokenizer(recipe):
     """Load the tokenizer (or multimodal processor) for the recipe.
 
-    Called first in a run. firstresult: the first non-``None`` answer wins.
+    Called first of the loading steps (after ``trainer_arguments``).
+    firstresult: the first non-``None`` answer wins.
     The built-in answer uses ``AutoTokenizer`` on ``tokenizer_config`` or
     ``base_model``.
 
@@ -224,8 +225,8 @@ def register_chat_templates(register):
 
     :param register: ``register(name, template)``: ``template`` is a Jinja
         string in the Hugging Face chat-template dialect, or a callable
-        ``template(tokenizer) -> str`` (``None`` from the callable means "use
-        the tokenizer's own").
+        ``template(tokenizer, recipe) -> str`` (``None`` from the callable
+        means "no template": formats that need one then report it).
     :return: ``None``.
     """
 

@@ -20,7 +20,7 @@ from ftcore.artifacts import (Manifest, check_output_dir, clear_output_dir, metr
 from ftcore.data.prepare import prepare_datasets, set_chat_template
 from ftcore.device import describe, precision
 from ftcore.errors import FtcoreError
-from ftcore.train import build_trainer, training_arguments, wandb_environment
+from ftcore.train import accumulation_steps, build_trainer, training_arguments, wandb_environment
 
 
 # bitsandbytes warns on CPU that an optional kernel package (which would download
@@ -105,8 +105,9 @@ class Interrupted(FtcoreError):
 
 
 def _evaluated_last_step(trainer) -> bool:
-    history = trainer.state.log_history
-    return bool(history) and "eval_loss" in history[-1] and history[-1].get("step") == trainer.state.global_step
+    """True when an evaluation was logged at the final step (the trainer's summary comes after it)."""
+    step = trainer.state.global_step
+    return any(r.get("step") == step and any(k.startswith("eval_") for k in r) for r in trainer.state.log_history)
 
 
 def _seed(seed: int) -> None:
@@ -124,9 +125,10 @@ def _report_data(data) -> None:
 
 
 def _report_plan(recipe, dtype, world_size) -> None:
-    global_batch = recipe.micro_batch_size * recipe.gradient_accumulation_steps * world_size
+    accumulation = accumulation_steps(recipe, world_size)
+    global_batch = recipe.micro_batch_size * accumulation * world_size
     print(f"run: {recipe.base_model} | {recipe.adapter or 'full fine-tuning'} | {dtype} | "
-          f"global batch {global_batch} = {recipe.micro_batch_size} x {recipe.gradient_accumulation_steps} "
+          f"global batch {global_batch} = {recipe.micro_batch_size} x {accumulation} "
           f"x {world_size} | {'max_steps ' + str(recipe.max_steps) if recipe.max_steps else f'{recipe.num_epochs:g} epoch(s)'} | "
           f"output {recipe.output_dir}")
 

@@ -10,8 +10,21 @@ from __future__ import annotations
 import math
 
 
+def accumulation_steps(recipe, world_size: int = 1) -> int:
+    """``gradient_accumulation_steps``, or what ``batch_size`` (the global batch) implies."""
+    if recipe.batch_size is None:
+        return recipe.gradient_accumulation_steps
+    per_pass = recipe.micro_batch_size * world_size
+    if recipe.batch_size % per_pass:
+        from ftcore.errors import FtcoreError
+
+        raise FtcoreError(f"batch_size {recipe.batch_size} is not a multiple of micro_batch_size x processes "
+                          f"({recipe.micro_batch_size} x {world_size})")
+    return recipe.batch_size // per_pass
+
+
 def steps_per_epoch(recipe, n_examples: int, world_size: int = 1) -> int:
-    per_step = recipe.micro_batch_size * recipe.gradient_accumulation_steps * world_size
+    per_step = recipe.micro_batch_size * accumulation_steps(recipe, world_size) * world_size
     return max(1, math.ceil(n_examples / per_step))
 
 
@@ -33,7 +46,7 @@ def training_arguments(recipe, output_dir, n_train: int, has_eval: bool, precisi
         "output_dir": str(output_dir),
         "per_device_train_batch_size": recipe.micro_batch_size,
         "per_device_eval_batch_size": recipe.per_device_eval_batch_size,
-        "gradient_accumulation_steps": recipe.gradient_accumulation_steps,
+        "gradient_accumulation_steps": accumulation_steps(recipe, world_size),
         "num_train_epochs": recipe.num_epochs,
         "max_steps": recipe.max_steps or -1,
         "learning_rate": recipe.learning_rate,

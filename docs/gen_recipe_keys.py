@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import types
 import typing
 from pathlib import Path
 
-from pydantic_core import PydanticUndefined
-
 from ftcore.recipe import schema
 from ftcore.recipe.schema import DatasetSpec, Recipe
+from pydantic_core import PydanticUndefined
 
 PAGE = Path(__file__).with_name("recipes.md")
 START, END = "<!-- recipe-keys:start -->", "<!-- recipe-keys:end -->"
@@ -55,7 +55,7 @@ MEANINGS = {
     "peft_use_rslora": "Use rank-stabilized scaling, alpha / sqrt(r).",
     "peft_layers_to_transform": "Adapt only the layers with these indices.",
     "unfrozen_parameters": "Full fine-tuning only: regular expressions matched at the start of parameter names; "
-                           "only matching parameters train. Ignored with an adapter.",
+                           "only matching parameters train. An error with an adapter (use `lora_modules_to_save`).",
     # quantization
     "load_in_4bit": "Load the base model in 4 bits. Needs a quantization plugin (QLoRA), not shipped yet.",
     "load_in_8bit": "Load the base model in 8 bits. Needs a quantization plugin, not shipped yet.",
@@ -70,7 +70,6 @@ MEANINGS = {
                     "evaluation, chosen with `seed`.",
     "dataset_prepared_path": "Accepted; no effect yet (prepared data is not cached; every run prepares it again).",
     "dataset_processes": "Accepted; no effect yet (data is prepared in one process).",
-    "shuffle_merged_datasets": "Accepted; no effect (training order is shuffled by the trainer's sampler anyway).",
     "sequence_len": "Longest example in tokens; longer ones follow `excess_length_strategy`.",
     "sample_packing": "Not implemented yet: a notice is printed and training runs unpacked.",
     "eval_sample_packing": "Accepted; no effect yet.",
@@ -79,7 +78,7 @@ MEANINGS = {
     "chat_template": "Chat template by name: `llama3`, `chatml`, `tokenizer_default`, `jinja`, or one a plugin "
                      "registers; unset: the tokenizer's own.",
     "chat_template_jinja": "With `chat_template: jinja`: the template text, or a path to a `.jinja`/`.j2`/`.txt` file.",
-    "default_system_message": "Accepted; no effect yet.",
+    "default_system_message": "`chat_template` data: a system message put first in conversations that have none.",
     "special_tokens": "Special tokens to set or add (`bos_token`, `eos_token`, `pad_token`, ...); the embeddings "
                       "grow if the vocabulary does.",
     "tokens": "Extra tokens to add to the vocabulary.",
@@ -90,7 +89,7 @@ MEANINGS = {
     "micro_batch_size": "Examples per device per step.",
     "eval_batch_size": "Examples per device per evaluation batch; unset: `micro_batch_size`.",
     "gradient_accumulation_steps": "Micro batches per optimizer step.",
-    "batch_size": "Accepted for Axolotl recipes; no effect yet: set `gradient_accumulation_steps` instead.",
+    "batch_size": "The global batch: sets `gradient_accumulation_steps` to `batch_size` / (`micro_batch_size` x processes); must divide evenly. Set it or `gradient_accumulation_steps`, not both.",
     "group_by_length": "Sample batches of similar lengths (less padding).",
     "num_epochs": "Passes over the training data (fractions allowed).",
     "max_steps": "Stop after this many optimizer steps; wins over `num_epochs`.",
@@ -119,9 +118,8 @@ MEANINGS = {
     "save_steps": "Checkpoint every this many steps (< 1: that fraction of the run).",
     "saves_per_epoch": "Checkpoints per epoch; not together with `save_steps`.",
     "save_total_limit": "Keep at most this many checkpoints.",
-    "save_strategy": "`epoch`, `no`, or `steps` (implied by `save_steps`/`saves_per_epoch`); `best` acts as `steps`.",
+    "save_strategy": "`epoch`, `no`, or `steps` (implied by `save_steps`/`saves_per_epoch`).",
     "save_only_model": "Checkpoints hold only the model, no optimizer state: smaller, but not resumable.",
-    "save_first_step": "Accepted; no effect yet.",
     "eval_steps": "Evaluate every this many steps (< 1: that fraction of the run).",
     "evals_per_epoch": "Evaluations per epoch; not together with `eval_steps`. Unset or 0 (and no `eval_steps`): "
                        "evaluate only at the end.",
@@ -157,7 +155,7 @@ DATASET_MEANINGS = {
     "data_files": "File name(s) or glob(s) to read under `path`; for a Hub dataset, passed to its loader.",
     "name": "Hub datasets: the configuration name.",
     "revision": "Hub datasets: the revision.",
-    "ds_type": "File format when the extension does not tell (`text` is accepted but cannot be read yet).",
+    "ds_type": "File format when the extension does not tell; `text`: one row `{text: line}` per non-empty line.",
     "trust_remote_code": "Accepted; not used (Hub datasets are loaded without remote code).",
     "shards": "Keep every n-th row (reads 1/n of the data).",
 }
@@ -171,7 +169,7 @@ def _type(annotation) -> str:
         if len(values) > LONG_CHOICES:
             return "name (list below)"
         return " or ".join(f"`{v}`" if isinstance(v, str) else str(v) for v in values)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         parts = [a for a in typing.get_args(annotation) if a is not type(None)]
         return " or ".join(_type(a) for a in parts)
     if origin in (list, dict):
@@ -265,7 +263,7 @@ def main() -> int:
     page = PAGE.read_text(encoding="utf-8")
     before, rest = page.split(START, 1)
     _, after = rest.split(END, 1)
-    new = f"{before}{START}\n{render()}{END}{after}"
+    new = f"{before}{START}\n\n{render()}\n{END}{after}"
     if args.check:
         if new != page:
             print(f"{PAGE} is out of date: run python {Path(__file__).as_posix()}", file=sys.stderr)

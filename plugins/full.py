@@ -9,6 +9,15 @@ FTCORE_CONTRACT = "1"
 
 
 @hookimpl(trylast=True)
+def validate_recipe(recipe, error):
+    for i, pattern in enumerate(recipe.unfrozen_parameters or []):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            error(f"unfrozen_parameters[{i}]", f"not a regular expression: {exc}")
+
+
+@hookimpl(trylast=True)
 def inject_adapter(recipe, model):
     if recipe.adapter is not None:
         return None

@@ -16,6 +16,9 @@ def validate_recipe(recipe, error):
         for key in ("lora_target_modules", "lora_target_linear", "lora_model_dir", "lora_modules_to_save"):
             if getattr(recipe, key):
                 error(key, "is set but adapter is absent (full fine-tuning); set adapter: lora, or remove it")
+    elif recipe.unfrozen_parameters:
+        error("unfrozen_parameters", "applies to full fine-tuning only; with an adapter, train extra modules "
+                                     "with lora_modules_to_save")
 
 
 def linear_layer_names(model) -> list[str]:

@@ -998,3 +998,30 @@ def test_ds_type_text_reads_each_line_as_a_completion(llama, tmp_path):
     data = prepare(llama, datasets=[{"path": str(path), "type": "completion", "ds_type": "text"}])
     texts = [llama.decode(e["input_ids"], skip_special_tokens=True) for e in data.train]
     assert texts == ["first line of text", "second line"]
+
+
+def test_default_system_message_is_added_when_a_conversation_has_none(llama):
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+            {"messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "hi"},
+                          {"role": "assistant", "content": "hello"}]}]
+    texts = []
+    for row in rows:
+        example = format_one(llama, row, "chat_template", chat_template="llama3",
+                             recipe_keys={"default_system_message": "You are kind."})
+        texts.append(llama.decode(example["input_ids"]))
+        trained = llama.decode([t for t in example["labels"] if t != IGNORE_INDEX])
+        assert trained == "hello<|eot_id|>"
+    assert "<|start_header_id|>system<|end_header_id|>\n\nYou are kind.<|eot_id|>" in texts[0]
+    assert "You are kind." not in texts[1] and "Be terse." in texts[1]
+
+
+def test_a_per_dataset_chat_template_must_match_the_recipes():
+    from ftcore.errors import RecipeError
+
+    ok = make_recipe(chat_template="llama3",
+                     datasets=[{"path": "x.jsonl", "type": "chat_template", "chat_template": "llama3"}])
+    assert ok.datasets[0].options.chat_template == "llama3"
+    with pytest.raises(RecipeError) as info:
+        make_recipe(chat_template="llama3",
+                    datasets=[{"path": "x.jsonl", "type": "chat_template", "chat_template": "chatml"}])
+    assert [k for k, _ in info.value.problems] == ["datasets[0].chat_template"]

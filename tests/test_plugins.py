@@ -1086,3 +1086,58 @@ def test_ftcore_plugins_does_not_import_torch_or_transformers():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stderr.strip().splitlines()[-1]) == []
+
+
+class _LaxSection:
+    """A plugin whose section model forgets extra="forbid", and whose rule reads the section."""
+
+    FTCORE_CONTRACT = "1"
+
+    def __init__(self):
+        from pydantic import BaseModel
+
+        class Settings(BaseModel):  # pydantic's default: extra keys ignored
+            level: int = 1
+
+        self.Settings = Settings
+        self.checked = []
+
+    @hookimpl
+    def recipe_sections(self, register):
+        register("lax", self.Settings)
+
+    @hookimpl
+    def validate_recipe(self, recipe, error):
+        self.checked.append(recipe.section("lax").level)
+
+
+def _validate_with(plugin, text, tmp_path):
+    from ftcore.recipe import load_raw, validate
+
+    plugins = plugins_manager.load_plugins()
+    plugins.add(plugin, plugins_manager.PluginInfo("lax", "lax", "recipe"))
+    path = tmp_path / "r.yaml"
+    path.write_text(textwrap.dedent(text))
+    return validate(load_raw(str(path)), plugins)
+
+
+def test_unknown_keys_in_a_plugin_section_are_errors_even_if_its_model_ignores_extras(tmp_path):
+    plugin = _LaxSection()
+    with pytest.raises(RecipeError) as info:
+        _validate_with(plugin, """\
+            base_model: org/model
+            datasets: [{path: org/data, type: alpaca}]
+            lax: {levle: 3}
+            """, tmp_path)
+    assert info.value.problems == [("lax.levle", "unknown key (did you mean 'level'?); allowed: level")]
+    assert plugin.checked == []  # its rules never see a section that failed
+
+
+def test_plugin_rules_run_on_a_valid_section(tmp_path):
+    plugin = _LaxSection()
+    recipe = _validate_with(plugin, """\
+        base_model: org/model
+        datasets: [{path: org/data, type: alpaca}]
+        lax: {level: 3}
+        """, tmp_path)
+    assert recipe.section("lax").level == 3 and plugin.checked == [3]

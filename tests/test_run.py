@@ -139,6 +139,7 @@ def test_run_folder_records_what_happened(tiny_llama, alpaca_file, tmp_path):
     assert train_steps == [1, 2, 3, 4]
     evals = [r for r in records if "eval_loss" in r]
     assert evals[0]["step"] == 0 and evals[-1]["step"] == 4 and "eval_perplexity" in evals[-1]
+    assert [r["step"] for r in evals].count(4) == 1  # the final evaluation is not run twice
 
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -16,7 +16,7 @@ from ftcore.errors import FtcoreError
 def _recipe_arguments(parser):
     parser.add_argument("recipe", help="recipe file, or the name of a shipped recipe (e.g. quickstart)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="override recipe keys, values in YAML: lr=1e-4 'datasets[0].path=x.jsonl'")
+                        help="override recipe keys, values in YAML: learning_rate=1e-4 'datasets[0].path=x.jsonl'")
 
 
 def build_parser(plugins=None) -> argparse.ArgumentParser:

@@ -135,6 +135,7 @@ HINTS = frozenset((
     "xformers_attention", "experimental_skip_move_to_device", "axolotl_config_path", "is_preprocess",
     "num_dataset_shards_to_save", "dataset_writer_batch_size", "dataset_map_batch_size", "profiler_steps",
     "profiler_steps_start", "torch_empty_cache_steps",
+    "shuffle_merged_datasets",  # the trainer's sampler shuffles every epoch anyway
 ))
 
 ADVICE = {

@@ -123,7 +123,6 @@ class Recipe(_Strict):
     val_set_size: float = Field(0.0, ge=0, description="fraction (< 1) or number of rows held out for evaluation")
     dataset_prepared_path: str | None = None
     dataset_processes: int | None = Field(None, ge=1)
-    shuffle_merged_datasets: bool = True
     sequence_len: int = Field(2048, ge=8)
     sample_packing: bool = False
     eval_sample_packing: bool | None = None
@@ -141,7 +140,8 @@ class Recipe(_Strict):
     micro_batch_size: int = Field(1, ge=1)
     eval_batch_size: int | None = Field(None, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
-    batch_size: int | None = Field(None, ge=1, description="Axolotl: total batch; sets gradient_accumulation_steps")
+    batch_size: int | None = Field(None, ge=1, description="global batch; sets gradient_accumulation_steps to "
+                                                          "batch_size / (micro_batch_size x processes)")
     group_by_length: bool = False
     num_epochs: float = Field(1, gt=0)
     max_steps: int | None = Field(None, ge=1)
@@ -170,9 +170,8 @@ class Recipe(_Strict):
     save_steps: float | None = Field(None, gt=0, description="steps between checkpoints (< 1: fraction of the run)")
     saves_per_epoch: int | None = Field(None, ge=1)
     save_total_limit: int | None = Field(None, ge=1)
-    save_strategy: Literal["steps", "epoch", "no", "best"] | None = None
+    save_strategy: Literal["steps", "epoch", "no"] | None = None
     save_only_model: bool | None = None
-    save_first_step: bool | None = None
     eval_steps: float | None = Field(None, gt=0, description="steps between evaluations (< 1: fraction of the run)")
     evals_per_epoch: int | None = Field(None, ge=0)
     eval_strategy: Literal["steps", "epoch", "no"] | None = None
@@ -209,6 +208,11 @@ class Recipe(_Strict):
     def cross_checks(self) -> list[tuple[str, str]]:
         """Contradictions between keys, as ``(key, message)`` pairs."""
         problems = []
+        if self.batch_size is not None:
+            if "gradient_accumulation_steps" in self.model_fields_set:
+                problems.append(("batch_size", "set batch_size or gradient_accumulation_steps, not both"))
+            elif self.batch_size % self.micro_batch_size:
+                problems.append(("batch_size", f"must be a multiple of micro_batch_size ({self.micro_batch_size})"))
         if self.warmup_steps is not None and self.warmup_ratio is not None:
             problems.append(("warmup_ratio", "set warmup_steps or warmup_ratio, not both"))
         if self.save_steps is not None and self.saves_per_epoch is not None:

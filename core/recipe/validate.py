@@ -101,12 +101,29 @@ def _split_dataset_entry(entry, path, formats, problems):
         return spec
     # A blank option ("field_system:") means "not set", as at the top level; unknown keys are still reported.
     extra = {k: v for k, v in extra.items() if v is not None or k not in option_keys}
-    try:
-        spec._options = options_model.model_validate(extra)
-    except ValidationError as exc:
-        problems.extend(pydantic_problems(exc, path, DATASET_KEYS + option_keys))
+    spec._options = validate_model(options_model, extra, path, problems, DATASET_KEYS)
+    return spec if spec._options is not None else None
+
+
+def validate_model(model, value, path, problems, also_known=()):
+    """A plugin's pydantic model over ``value``, strictly: unknown keys are errors whatever the
+    model's own ``extra`` setting. Returns the instance, or None after recording problems."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        problems.append((path, f"must be a mapping (got {value!r})"))
         return None
-    return spec
+    names = set(model.model_fields) | {f.alias for f in model.model_fields.values() if f.alias}
+    unknown = [k for k in value if k not in names]
+    allowed = sorted(names | set(also_known))
+    for key in unknown:
+        problems.append((f"{path}.{key}", f"unknown key{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}"))
+    try:
+        instance = model.model_validate({k: v for k, v in value.items() if k in names})
+    except ValidationError as exc:
+        problems.extend(pydantic_problems(exc, path, tuple(names) + tuple(also_known)))
+        return None
+    return None if unknown else instance
 
 
 def _without_failed_keys(data, compat, exc: ValidationError):
@@ -147,6 +164,7 @@ def validate(raw, plugins) -> Recipe:
     # Axolotl writes "key:" with no value for "not set"; treat it as absent.
     data = {k: v for k, v in data.items() if v is not None}
 
+    dataset_problems = False
     for list_key in ("datasets", "test_datasets"):
         entries = data.pop(list_key, None)
         if entries is None:
@@ -155,12 +173,15 @@ def validate(raw, plugins) -> Recipe:
             entries = [entries] if isinstance(entries, dict) else entries
         if not isinstance(entries, list):
             problems.append((list_key, f"must be a list of dataset entries (got {entries!r})"))
+            dataset_problems = True
             continue
         specs = [_split_dataset_entry(e, f"{list_key}[{i}]", formats, problems) for i, e in enumerate(entries)]
         if None not in specs:
             data[list_key] = specs  # validated instances pass through pydantic unchanged
+        else:
+            dataset_problems = True
 
-    complete = True
+    complete = not dataset_problems  # plugins' checks run only on a fully valid recipe
     try:
         recipe = Recipe.model_validate({**data, "compat": compat})
     except ValidationError as exc:
@@ -178,10 +199,9 @@ def validate(raw, plugins) -> Recipe:
             except ValidationError:
                 validated_sections[key] = None
             continue
-        try:
-            validated_sections[key] = model.model_validate(section_raw[key] or {})
-        except ValidationError as exc:
-            problems.extend(pydantic_problems(exc, key, tuple(model.model_fields)))
+        validated_sections[key] = validate_model(model, section_raw[key], key, problems)
+        if validated_sections[key] is None:
+            complete = False
 
     if recipe is not None:
         recipe._sections.update(validated_sections)

@@ -40,7 +40,7 @@ class ChatTemplateOptions(BaseModel):
     train_on_eos: Literal["turn", "last", "all", "none"] = "turn"
     roles: dict[str, list[str]] | None = None
     drop_system_message: bool = False
-    chat_template: str | None = None  # per-dataset template: not supported yet, must match the recipe's
+    chat_template: str | None = None  # Axolotl's per-dataset template: accepted when it matches the recipe's
 
     def role_key(self):
         return (self.message_property_mappings or {}).get("role") or self.message_field_role or "role"
@@ -156,6 +156,8 @@ def _end_of_turn(full, start, end, eot_strings):
 def chat_template(row, dataset, ctx):
     options = dataset.options
     messages = messages_of(row, options)
+    if ctx.recipe.default_system_message and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": ctx.recipe.default_system_message, "train": None})
     template = ctx.chat_template
     if not template:
         from ftcore import FtcoreError
@@ -197,6 +199,16 @@ def _segments(text, spans):
     if pos < len(text):
         out.append((text[pos:], False))
     return out
+
+
+@hookimpl(trylast=True)
+def validate_recipe(recipe, error):
+    for key in ("datasets", "test_datasets"):
+        for i, spec in enumerate(getattr(recipe, key) or []):
+            own = spec.options.chat_template if spec.type == "chat_template" and spec.options else None
+            if own and own != (recipe.chat_template or "tokenizer_default"):
+                error(f"{key}[{i}].chat_template", f"'{own}' differs from the recipe's chat_template "
+                      f"({recipe.chat_template or 'tokenizer_default'}); one template per run: set it at the top level")
 
 
 @hookimpl(trylast=True)
