@@ -23,8 +23,16 @@ from ftcore.errors import FtcoreError
 RUN_MARKERS = ("run.json", "recipe.yaml")
 
 
-def check_output_dir(path: Path, overwrite: bool, resume: bool) -> None:
-    """Refuse a non-empty folder unless ``--overwrite`` (or resuming into it)."""
+def check_output_dir(path: Path, overwrite: bool, resume) -> None:
+    """Refuse a non-empty folder unless ``--overwrite`` (or resuming into it).
+
+    ``resume`` is ``resume_from_checkpoint``: ``True`` needs a ``checkpoint-*``
+    folder in ``path``; a path needs to exist.
+    """
+    if resume is True and not any(path.glob("checkpoint-*")):
+        raise FtcoreError(f"resume_from_checkpoint: true, but {path} holds no checkpoint-* folder to resume from")
+    if isinstance(resume, str) and resume and not Path(resume).is_dir():
+        raise FtcoreError(f"resume_from_checkpoint: no such checkpoint folder: {resume}")
     if not path.exists():
         return
     if not path.is_dir():

@@ -39,7 +39,7 @@ class RunResult:
 def run(recipe, plugins, overwrite: bool = False) -> RunResult:
     """Train as the recipe says. Writes ``recipe.output_dir``."""
     output_dir = Path(recipe.output_dir)
-    check_output_dir(output_dir, overwrite, resume=bool(recipe.resume_from_checkpoint))
+    check_output_dir(output_dir, overwrite, resume=recipe.resume_from_checkpoint)
     plugin_arguments = hooks.trainer_arguments(plugins, recipe)  # fails fast on deepspeed/fsdp without a plugin
     if recipe.wandb_project and importlib.util.find_spec("wandb") is None:
         raise FtcoreError("wandb_project is set, but wandb is not installed: pip install wandb, or remove wandb_project")

@@ -99,3 +99,18 @@ def test_unfrozen_parameters_train_only_what_matches(tiny_llama):
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trained and all(n.startswith("model.layers.1.") or n == "lm_head.weight" for n in trained)
     assert "lm_head.weight" in trained and "model.embed_tokens.weight" not in trained
+
+
+def test_resume_needs_a_checkpoint_to_resume_from(tmp_path):
+    from ftcore.artifacts import check_output_dir
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run.json").write_text("{}")
+    with pytest.raises(FtcoreError, match="no checkpoint-"):
+        check_output_dir(out, overwrite=False, resume=True)
+    (out / "checkpoint-10").mkdir()
+    check_output_dir(out, overwrite=False, resume=True)  # non-empty is expected when resuming
+    with pytest.raises(FtcoreError, match="no such checkpoint folder"):
+        check_output_dir(out, overwrite=False, resume=str(out / "checkpoint-99"))
+    check_output_dir(out, overwrite=False, resume=str(out / "checkpoint-10"))

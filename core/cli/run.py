@@ -19,7 +19,7 @@ def handle(args) -> int:
     from ftcore.errors import RecipeError
 
     recipe, raw, skipped = load_recipe(args)
-    check_output_dir(Path(recipe.output_dir), args.overwrite, resume=bool(recipe.resume_from_checkpoint))
+    check_output_dir(Path(recipe.output_dir), args.overwrite, resume=recipe.resume_from_checkpoint)
     problems = path_problems(recipe)
     if problems:
         raise RecipeError(problems, source=raw.source)
