@@ -2,7 +2,8 @@
 
 The loss is the token-weighted mean over the whole split (sum of every
 trained token's cross-entropy / number of trained tokens), so it does not
-depend on the evaluation batch size or on padding.
+depend on the evaluation batch size, on padding, or on packing (packing
+labels -100 only the first token of each example, which is never predicted).
 """
 
 import math
@@ -18,7 +19,8 @@ def token_losses(model, batch):
 
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs, use_cache=False).logits
+    inputs["use_cache"] = False  # no KV cache: packed batches (position_ids, no attention mask) need that too
+    logits = model(**inputs).logits
     shift_logits = logits[:, :-1, :].float()
     shift_labels = labels[:, 1:]
     total = torch.nn.functional.cross_entropy(
