@@ -12,7 +12,10 @@ BUILTINS = {
     "alpaca": "ftcore.plugins.formats.alpaca",
     "completion": "ftcore.plugins.formats.completion",
     "chat_template": "ftcore.plugins.formats.chat_template",
-    "chat_templates": "ftcore.plugins.formats.templates",  # llama3, chatml, jinja, tokenizer_default
+    "sharegpt": "ftcore.plugins.formats.sharegpt",  # chat_template's function with ShareGPT's field names
+    "input_output": "ftcore.plugins.formats.input_output",
+    "pretrain": "ftcore.plugins.formats.pretrain",  # documents -> sequence_len chunks
+    "chat_templates": "ftcore.plugins.formats.templates",  # llama3(_2_vision), chatml, qwen_25, jinja, ...
     "loss": "ftcore.plugins.loss",  # evaluator: loss and perplexity
     "recipes": "ftcore.plugins.recipes",  # the recipes shipped with ftcore, by name
 }

@@ -2,6 +2,12 @@
 
 Every hook is ``trylast``: a plugin that loads a model family differently
 (vision, a custom architecture) answers first and this one is skipped.
+
+Tokens the recipe adds (``special_tokens``, ``tokens``) that the vocabulary
+lacked are recorded as ``tokenizer.ftcore_new_tokens``; ``prepare_model``
+resizes the embeddings when needed and records their ids as
+``model.ftcore_new_token_ids``, which an adapter reads to train the embedding
+and output layers (``lora.py``).
 """
 
 from ftcore import FtcoreError, hookimpl
@@ -32,10 +38,13 @@ def load_tokenizer(recipe):
     except OSError as exc:
         key = "tokenizer_config" if recipe.tokenizer_config else "base_model"
         raise FtcoreError(f"{key}: cannot load a tokenizer from '{source}': {exc}") from exc
+    known = set(tokenizer.get_vocab())
     if recipe.special_tokens:
         tokenizer.add_special_tokens(dict(recipe.special_tokens))
     if recipe.tokens:
         tokenizer.add_tokens(list(recipe.tokens))
+    # the tokens new to the vocabulary: their embeddings must be learned (prepare_model, adapters)
+    tokenizer.ftcore_new_tokens = sorted(set(tokenizer.get_vocab()) - known, key=tokenizer.convert_tokens_to_ids)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
         print(f"notice: the tokenizer has no pad token; using its eos token {tokenizer.eos_token!r} "
@@ -77,6 +86,9 @@ def prepare_model(recipe, model, tokenizer):
         print(f"notice: resizing token embeddings {embeddings.num_embeddings} -> {len(tokenizer)} "
               f"for the added tokens")
         model.resize_token_embeddings(len(tokenizer))
+    new_tokens = getattr(tokenizer, "ftcore_new_tokens", None)
+    if new_tokens:  # for adapters: these rows are untrained (lora.py trains the embeddings then)
+        model.ftcore_new_token_ids = tokenizer.convert_tokens_to_ids(new_tokens)
     if getattr(model, "config", None) is not None:
         model.config.use_cache = False  # no KV cache while training
 
@@ -85,10 +97,17 @@ def prepare_model(recipe, model, tokenizer):
 def build_collator(recipe, tokenizer):
     import torch
 
-    from ftcore.data.collate import PaddingCollator
+    from ftcore.data.collate import PackedCollator, PaddingCollator
+    from ftcore.data.pack import packs
 
-    return PaddingCollator(
+    multiple = 8 if torch.cuda.is_available() else None
+    padding = PaddingCollator(
         tokenizer.pad_token_id,
-        pad_to_multiple_of=8 if torch.cuda.is_available() else None,
+        pad_to_multiple_of=multiple,
         pad_to_length=recipe.sequence_len if recipe.pad_to_sequence_len else None,
     )
+    if not packs(recipe):
+        return padding
+    # packed rows -> [rows, sequence_len]; an unpacked split (say eval_sample_packing: false) is padded
+    return PackedCollator(tokenizer.pad_token_id, recipe.sequence_len, pad_to_multiple_of=multiple,
+                          flash_attention="flash" in (recipe.attention or ""), unpacked=padding)

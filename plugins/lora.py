@@ -3,6 +3,13 @@
 Target selection: ``lora_target_modules`` (names or one regex), or
 ``lora_target_linear: true`` for every linear layer except the output head,
 or peft's default for the architecture when neither is set.
+
+New tokens: when the recipe's ``special_tokens`` or ``tokens`` added tokens the
+vocabulary lacked (``model.ftcore_new_token_ids``, set by the huggingface
+plugin), their embedding rows are untrained, and low-rank updates of the
+attention and MLP layers cannot teach the model to read or write them. The
+input embeddings and the output layer are then added to ``modules_to_save``
+(trained in full and saved with the adapter), with a notice saying so.
 """
 
 from ftcore import FtcoreError, hookimpl
@@ -36,6 +43,32 @@ def linear_layer_names(model) -> list[str]:
     return sorted(names)
 
 
+def embedding_layer_names(model) -> list[str]:
+    """Leaf names of the input embeddings and the output layer (``embed_tokens``, ``lm_head``)."""
+    layers = [layer for layer in (model.get_input_embeddings(), model.get_output_embeddings()) if layer is not None]
+    names = []
+    for full_name, module in model.named_modules():
+        if any(module is layer for layer in layers):
+            leaf = full_name.rsplit(".", 1)[-1]
+            if leaf not in names:
+                names.append(leaf)
+    return names
+
+
+def modules_to_save(recipe, model) -> list[str] | None:
+    """``lora_modules_to_save``, plus the embedding and output layers when the recipe added tokens."""
+    chosen = list(recipe.lora_modules_to_save or [])
+    new_ids = getattr(model, "ftcore_new_token_ids", None)
+    if not new_ids:
+        return chosen or None
+    added = [name for name in embedding_layer_names(model) if name not in chosen]
+    if added:
+        print(f"notice: the recipe added {len(new_ids)} token(s) the vocabulary lacked (special_tokens / tokens); "
+              f"under LoRA their embeddings would stay untrained, so {' and '.join(added)} train in full and are "
+              f"saved with the adapter (as if listed in lora_modules_to_save); the adapter grows accordingly")
+    return chosen + added
+
+
 def lora_config(recipe, model):
     from peft import LoraConfig, TaskType
 
@@ -43,13 +76,16 @@ def lora_config(recipe, model):
         targets = linear_layer_names(model)
     else:
         targets = recipe.lora_target_modules  # a list, one regex string, or None: peft's default
+    saved = modules_to_save(recipe, model)
+    tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
     return LoraConfig(
         task_type=TaskType.CAUSAL_LM,
         r=recipe.lora_r,
         lora_alpha=recipe.lora_alpha,
         lora_dropout=recipe.lora_dropout,
         target_modules=targets,
-        modules_to_save=recipe.lora_modules_to_save,
+        modules_to_save=saved,
+        ensure_weight_tying=tied and bool(saved),  # tied input and output embeddings stay one matrix
         fan_in_fan_out=bool(recipe.lora_fan_in_fan_out),
         use_dora=bool(recipe.peft_use_dora),
         use_rslora=bool(recipe.peft_use_rslora),

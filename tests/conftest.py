@@ -68,6 +68,32 @@ def tiny_qwen(tmp_path_factory):
                  hidden=64, layers=2)
 
 
+@pytest.fixture(scope="module")  # per module: formats set chat templates on them
+def tokenizers(tiny_llama, tiny_qwen):
+    """The tiny tokenizers: Llama 3, Qwen2.5, and Llama 3 with <|image|> as a Llama 3.2 Vision one has."""
+    from transformers import AutoTokenizer
+
+    vision = AutoTokenizer.from_pretrained(tiny_llama)
+    vision.add_special_tokens({"additional_special_tokens": ["<|image|>"]})
+    return {"llama": AutoTokenizer.from_pretrained(tiny_llama), "qwen": AutoTokenizer.from_pretrained(tiny_qwen),
+            "llama_vision": vision}
+
+
+@pytest.fixture
+def llama(tokenizers):
+    return tokenizers["llama"]
+
+
+@pytest.fixture
+def qwen(tokenizers):
+    return tokenizers["qwen"]
+
+
+@pytest.fixture
+def llama_vision(tokenizers):
+    return tokenizers["llama_vision"]
+
+
 @pytest.fixture
 def alpaca_file(tmp_path):
     return write_jsonl(tmp_path / "alpaca.jsonl", alpaca_rows(48))

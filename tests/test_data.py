@@ -40,23 +40,6 @@ TEMPLATES = hooks.chat_templates(PLUGINS)
 # ── helpers ────────────────────────────────────────────────────────────────
 
 
-@pytest.fixture(scope="module")
-def tokenizers(tiny_llama, tiny_qwen):
-    from transformers import AutoTokenizer
-
-    return {"llama": AutoTokenizer.from_pretrained(tiny_llama), "qwen": AutoTokenizer.from_pretrained(tiny_qwen)}
-
-
-@pytest.fixture
-def llama(tokenizers):
-    return tokenizers["llama"]
-
-
-@pytest.fixture
-def qwen(tokenizers):
-    return tokenizers["qwen"]
-
-
 def make_recipe(**keys):
     """A validated recipe, as ``ftcore validate`` builds it (no model is ever loaded from it)."""
     return validate(RawRecipe({"base_model": "unused/model", **keys}, None), PLUGINS)
@@ -152,6 +135,31 @@ def random_completion(r):
     return {"text": random_text(r)}
 
 
+SHAREGPT_NAMES = {"system": "system", "user": "human", "assistant": "gpt"}
+
+
+def random_sharegpt(r):
+    """A random conversation in ShareGPT's shape; ``as_messages`` turns it back."""
+    return {"conversations": [{"from": SHAREGPT_NAMES[m["role"]], "value": m["content"]}
+                              for m in random_conversation(r)["messages"]]}
+
+
+def as_messages(row):
+    if "messages" in row:
+        return row["messages"]
+    roles = {name: role for role, name in SHAREGPT_NAMES.items()}
+    return [{"role": roles[turn["from"]], "content": turn["value"]} for turn in row["conversations"]]
+
+
+def random_segments(r):
+    """Template-free segments: an untrained start, then a random mix, at least one trained text."""
+    segments = [{"text": random_text(r), "label": False}]
+    for _ in range(r.randint(1, 5)):
+        segments.append({"text": r.choice(["", " ", "\n", "Q: ", random_text(r)]), "label": r.random() < 0.5})
+    segments.append({"text": random_text(r).strip() or "x", "label": True})
+    return {"segments": segments}
+
+
 # ── expectations, built independently of the formats ──────────────────────
 # Each gives [(text, trained)] pieces; the example's text is their join, without the BOS token
 # (Llama: the tokenizer's or the template's BOS is checked separately, as input_ids[0]).
@@ -159,9 +167,13 @@ def random_completion(r):
 
 def expected_chat(template, row):
     pieces = []
-    for m in row["messages"]:
+    messages = as_messages(row)
+    if template == "qwen_25" and messages[0]["role"] != "system":
+        pieces.append(("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+                       "<|im_end|>\n", False))
+    for m in messages:
         reply = m["role"] == "assistant"
-        if template == "llama3":
+        if template in ("llama3", "llama3_2_vision"):
             pieces += [(f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n", False),
                        (m["content"].strip(), reply), ("<|eot_id|>", reply)]
         else:
@@ -233,6 +245,21 @@ def check_masks(tokenizer, example, pieces, bos, train_on_inputs):
     return straddles == 0
 
 
+def check_segment_masks(tokenizer, example, segments, bos):
+    """``type: input_output``: each segment tokenized on its own; its tokens train exactly when it says so."""
+    ids, labels = example["input_ids"], example["labels"]
+    want_ids, want_labels = ([tokenizer.bos_token_id], [IGNORE_INDEX]) if bos else ([], [])
+    for segment in segments:
+        piece = tokenizer(segment["text"], add_special_tokens=False)["input_ids"]
+        want_ids += piece
+        want_labels += piece if segment["label"] else [IGNORE_INDEX] * len(piece)
+    assert ids == want_ids and labels == want_labels
+    bos_id = tokenizer.bos_token_id
+    assert (ids.count(bos_id) == 1 and ids[0] == bos_id) if bos else bos_id is None or bos_id not in ids
+    assert tokenizer.eos_token_id not in ids, "no EOS unless the text has one"
+    assert trained_text(tokenizer, example) == "".join(s["text"] for s in segments if s["label"])
+
+
 # ── segments -> tokens and labels ───────────────────────────────────────────
 
 
@@ -271,8 +298,15 @@ CASES = [
     ("completion", None, "qwen"),
     ("chat_template", "llama3", "llama"),
     ("chat_template", "chatml", "qwen"),
+    ("chat_template", "qwen_25", "qwen"),
+    ("chat_template", "llama3_2_vision", "llama_vision"),
+    ("sharegpt", "llama3", "llama"),
+    ("sharegpt", "qwen_25", "qwen"),
+    ("input_output", None, "llama"),
+    ("input_output", None, "qwen"),
 ]
-GENERATORS = {"alpaca": random_alpaca, "completion": random_completion, "chat_template": random_conversation}
+GENERATORS = {"alpaca": random_alpaca, "completion": random_completion, "chat_template": random_conversation,
+              "sharegpt": random_sharegpt, "input_output": random_segments}
 
 
 @pytest.mark.parametrize("train_on_inputs", [False, True], ids=["masked", "train_on_inputs"])
@@ -288,17 +322,21 @@ def test_mask_property(tokenizers, tmp_path, type, template, family, train_on_in
     assert len(data.train) == len(rows) and data.eval == []
 
     eos = tokenizer.eos_token
-    bos = family == "llama"
+    bos = family.startswith("llama")
+    if type == "input_output":  # exact by construction, whatever train_on_inputs says
+        for row, example in zip(rows, data.train):
+            check_segment_masks(tokenizer, example, row["segments"], bos)
+        return
     exact = 0
     for row, example in zip(rows, data.train):
-        if type == "chat_template":
+        if type in ("chat_template", "sharegpt"):
             pieces = expected_chat(template, row)
         elif type == "alpaca":
             pieces = expected_alpaca(row, eos)
         else:
             pieces = expected_completion(row, eos)
         exact += check_masks(tokenizer, example, pieces, bos, train_on_inputs)
-    if type == "completion" or template == "llama3" or train_on_inputs:
+    if type == "completion" or template in ("llama3", "llama3_2_vision") or train_on_inputs:
         assert exact == len(rows), "no boundary to straddle here: every row must decode exactly"
     else:  # a reply starting with some whitespace may straddle (see the module docstring)
         assert exact >= len(rows) // 5, f"only {exact} of {len(rows)} rows decode exactly"
@@ -484,7 +522,7 @@ def test_chat_without_any_template_is_a_clear_error(llama):
     recipe = make_recipe(datasets=[{"path": "unused.jsonl", "type": "chat_template"}])
     assert set_chat_template(recipe, bare, TEMPLATES) is None
     (function, _), _ = FORMATS["chat_template"]
-    with pytest.raises(FtcoreError, match="needs a chat template"):
+    with pytest.raises(FtcoreError, match="need a chat template"):
         format_row({"messages": CONVERSATION}, recipe.datasets[0], function,
                    FormatContext(tokenizer=bare, recipe=recipe, chat_template=None))
 

@@ -13,6 +13,7 @@ import re
 
 from pydantic import ValidationError
 
+from ftcore.data.formats import USER_FUNCTION, FormatImportError, resolve_format
 from ftcore.errors import RecipeError
 from ftcore.recipe.axolotl import ADVICE, AXOLOTL_KEYS, HINTS
 from ftcore.recipe.schema import CORE_KEYS, DATASET_KEYS, DatasetSpec, Recipe
@@ -88,11 +89,19 @@ def _split_dataset_entry(entry, path, formats, problems):
     if spec.type is None:
         problems.append((f"{path}.type", f"required; registered formats: {', '.join(sorted(formats))}"))
         return None
-    if spec.type not in formats:
+    try:
+        (_, options_model), plugin = resolve_format(spec.type, formats)
+    except KeyError:
         problems.append((f"{path}.type", f"unknown format '{spec.type}'{did_you_mean(spec.type, formats)}; "
-                                         f"registered formats: {', '.join(sorted(formats))}"))
+                                         f"registered formats: {', '.join(sorted(formats))}; "
+                                         f"or a dotted path to your own function, module.function"))
         return None
-    (_, options_model), _plugin = formats[spec.type]
+    except FormatImportError as exc:
+        problems.append((f"{path}.type", f"{exc}"))
+        return None
+    if plugin == USER_FUNCTION:  # the function's own keys are its business: passed on unchecked
+        spec._options = options_model.model_validate(extra)
+        return spec
     option_keys = tuple(options_model.model_fields) if options_model else ()
     if options_model is None:
         for key in extra:

@@ -12,9 +12,13 @@ located: it ends just before the turn's end-of-turn token, so a short reply
 and trailing whitespace trains too when the template renders it (chatml), not
 when the template trims it (llama3). This works for any template that renders
 a conversation as the concatenation of its turns, which chat templates do.
+
+``type: sharegpt`` (``sharegpt.py``) registers this module's ``chat_template``
+function with other option defaults: one implementation for both. A format
+that builds its messages another way can call ``conversation_segments``.
 """
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -31,6 +35,10 @@ DEFAULT_ROLES = {"system": ["system"], "user": ["user", "human"], "assistant": [
 class ChatTemplateOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # the message keys read when neither the mappings nor the older spellings name them
+    default_role_key: ClassVar[str] = "role"
+    default_content_key: ClassVar[str] = "content"
+
     field_messages: str = "messages"
     message_property_mappings: dict[str, str] | None = None
     message_field_role: str | None = None  # Axolotl's older spelling of the mappings
@@ -43,10 +51,12 @@ class ChatTemplateOptions(BaseModel):
     chat_template: str | None = None  # Axolotl's per-dataset template: accepted when it matches the recipe's
 
     def role_key(self):
-        return (self.message_property_mappings or {}).get("role") or self.message_field_role or "role"
+        return ((self.message_property_mappings or {}).get("role") or self.message_field_role
+                or self.default_role_key)
 
     def content_key(self):
-        return (self.message_property_mappings or {}).get("content") or self.message_field_content or "content"
+        return ((self.message_property_mappings or {}).get("content") or self.message_field_content
+                or self.default_content_key)
 
 
 def _content_text(content, where):
@@ -60,7 +70,8 @@ def _content_text(content, where):
             elif isinstance(part, str):
                 parts.append(part)
             else:
-                raise RowError(f"{where}: unsupported content part {part!r} (text parts only)", "unsupported content")
+                raise RowError(f"{where}: unsupported content part {part!r} (text parts only; image parts need "
+                               f"a vision plugin)", "unsupported content")
         return "".join(parts)
     raise RowError(f"{where}: content must be a string or a list of parts, got {type(content).__name__}", "wrong type")
 
@@ -154,16 +165,19 @@ def _end_of_turn(full, start, end, eot_strings):
 
 
 def chat_template(row, dataset, ctx):
-    options = dataset.options
-    messages = messages_of(row, options)
+    return conversation_segments(messages_of(row, dataset.options), dataset.options, ctx)
+
+
+def conversation_segments(messages, options, ctx):
+    """``messages`` (from ``messages_of``) rendered by the chat template, as ``(text, trained)`` segments."""
     if ctx.recipe.default_system_message and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": ctx.recipe.default_system_message, "train": None})
     template = ctx.chat_template
     if not template:
         from ftcore import FtcoreError
 
-        raise FtcoreError("type: chat_template needs a chat template, and the tokenizer has none; "
-                          "set chat_template: (llama3, chatml, jinja, ...) in the recipe")
+        raise FtcoreError("conversations (type: chat_template or sharegpt) need a chat template, and the "
+                          "tokenizer has none; set chat_template: (llama3, chatml, qwen_25, jinja, ...) in the recipe")
     full = _render(ctx.tokenizer, template, messages)
     if ctx.recipe.train_on_inputs:
         return [(full, True)]
@@ -205,7 +219,7 @@ def _segments(text, spans):
 def validate_recipe(recipe, error):
     for key in ("datasets", "test_datasets"):
         for i, spec in enumerate(getattr(recipe, key) or []):
-            own = spec.options.chat_template if spec.type == "chat_template" and spec.options else None
+            own = spec.options.chat_template if isinstance(spec.options, ChatTemplateOptions) else None
             if own and own != (recipe.chat_template or "tokenizer_default"):
                 error(f"{key}[{i}].chat_template", f"'{own}' differs from the recipe's chat_template "
                       f"({recipe.chat_template or 'tokenizer_default'}); one template per run: set it at the top level")
