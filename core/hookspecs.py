@@ -213,6 +213,19 @@ def register_dataset_formats(register):
         bad row; the core adds the file and row number. ``options`` is a
         pydantic model of the format's own keys in the dataset entry (unknown
         keys are errors).
+
+        A format whose examples are not one per row gives ``function`` a
+        ``combine`` attribute: ``combine(items, dataset, ctx)`` is called once
+        per dataset entry with ``[(origin, example)]`` for its good rows in row
+        order (``origin`` is the row's ``(file, row number)``) and returns the
+        entry's examples as ``[(origin, example)]``, naming each after the row
+        it starts in. The length and no-trained-token rules apply to what it
+        returns. ``type: pretrain`` concatenates documents and cuts them into
+        ``sequence_len`` chunks this way.
+
+        A recipe may also name an unregistered ``module.function`` as its
+        ``type``; that function is imported during validation and called the
+        same way (``ftcore/data/formats.py``).
     :return: ``None``.
     """
 
@@ -237,7 +250,9 @@ def build_collator(recipe, tokenizer):
 
     Called after the adapter is injected. firstresult. The built-in collator
     pads ``input_ids`` with the pad token, ``labels`` with ``-100`` and builds
-    the attention mask.
+    the attention mask; for packed data (``sample_packing``) it lays out
+    ``[rows, sequence_len]`` bins with ``position_ids`` restarting at each
+    example and no attention mask, so examples never attend to each other.
 
     :param recipe: the validated recipe.
     :param tokenizer: what ``load_tokenizer`` returned.

@@ -17,7 +17,9 @@ from typing import Any
 from ftcore import hooks
 from ftcore.artifacts import (Manifest, check_output_dir, clear_output_dir, metrics_callback, plot_loss,
                               read_metrics, summarize, write_recipe)
-from ftcore.data.prepare import prepare_datasets, set_chat_template
+from ftcore.data import pack as packing
+from ftcore.data.cache import load_or_prepare
+from ftcore.data.prepare import set_chat_template
 from ftcore.device import describe, precision
 from ftcore.errors import FtcoreError
 from ftcore.train import accumulation_steps, build_trainer, training_arguments, wandb_environment
@@ -49,12 +51,17 @@ def run(recipe, plugins, overwrite: bool = False) -> RunResult:
 
     tokenizer = hooks.load_tokenizer(plugins, recipe)
     template = set_chat_template(recipe, tokenizer, hooks.chat_templates(plugins))
-    data = prepare_datasets(recipe, tokenizer, hooks.dataset_formats(plugins), template)
+    data = load_or_prepare(recipe, tokenizer, hooks.dataset_formats(plugins), template)  # dataset_prepared_path
     _report_data(data)
+    data = packing.pack_datasets(recipe, data)  # sample_packing, eval_sample_packing
+    if "packing" in data.stats:
+        print(packing.describe(data.stats["packing"]))
 
     quantization = hooks.quantization_config(plugins, recipe)
     _seed(recipe.seed)
     model = hooks.load_model(plugins, recipe, quantization)
+    if "packing" in data.stats:
+        packing.check_attention(model)
     hooks.prepare_model(plugins, recipe, model, tokenizer)
     model = hooks.inject_adapter(plugins, recipe, model)
     collator = hooks.build_collator(plugins, recipe, tokenizer)
@@ -100,12 +107,7 @@ def run(recipe, plugins, overwrite: bool = False) -> RunResult:
 
 
 # Recipe keys accepted now whose feature lands later: the run says so instead of ignoring them.
-PENDING = {
-    "sample_packing": "sample packing is not implemented yet; training unpacked (same loss, slower)",
-    "eval_sample_packing": "packed evaluation is not implemented yet; evaluating unpacked (same loss)",
-    "dataset_prepared_path": "prepared data is not cached yet; the data is prepared again each run",
-    "dataset_processes": "data is prepared in one process for now",
-}
+PENDING: dict[str, str] = {}  # none at the moment
 
 
 def _notice_pending_keys(recipe) -> None:

@@ -68,20 +68,28 @@ MEANINGS = {
     "test_datasets": "Evaluation data, same entry format; instead of `val_set_size`.",
     "val_set_size": "Hold out this fraction (< 1) or number (>= 1) of the formatted training examples for "
                     "evaluation, chosen with `seed`.",
-    "dataset_prepared_path": "Accepted; no effect yet (prepared data is not cached; every run prepares it again).",
-    "dataset_processes": "Accepted; no effect yet (data is prepared in one process).",
+    "dataset_prepared_path": "Folder for the prepared-data cache: tokenized examples are stored under a key of "
+                             "everything they depend on and reused by later runs (see data.md, Cache).",
+    "dataset_processes": "Worker processes that format and tokenize the rows (entries of 2,000 rows or more); "
+                         "the examples are the same as with one.",
     "sequence_len": "Longest example in tokens; longer ones follow `excess_length_strategy`.",
-    "sample_packing": "Not implemented yet: a notice is printed and training runs unpacked.",
-    "eval_sample_packing": "Accepted; no effect yet.",
+    "sample_packing": "Bin-pack training examples into rows of `sequence_len` tokens (first-fit decreasing); "
+                      "each example still sees only itself, so the loss is the same as unpacked. "
+                      "`micro_batch_size` then counts rows. See [data.md](data.md#packing).",
+    "eval_sample_packing": "Pack the evaluation split too; unset: follow `sample_packing`. The evaluation loss is "
+                           "the same either way.",
     "pad_to_sequence_len": "Pad every batch to `sequence_len` tokens instead of its longest example.",
     "train_on_inputs": "Train on prompt tokens too, not only on responses.",
-    "chat_template": "Chat template by name: `llama3`, `chatml`, `tokenizer_default`, `jinja`, or one a plugin "
-                     "registers; unset: the tokenizer's own.",
+    "chat_template": "Chat template by name: `llama3`, `llama3_2_vision`, `chatml`, `qwen_25`, `tokenizer_default`, "
+                     "`jinja`, or one a plugin registers; unset: the tokenizer's own.",
     "chat_template_jinja": "With `chat_template: jinja`: the template text, or a path to a `.jinja`/`.j2`/`.txt` file.",
-    "default_system_message": "`chat_template` data: a system message put first in conversations that have none.",
+    "default_system_message": "`chat_template` and `sharegpt` data: a system message put first in conversations "
+                              "that have none.",
     "special_tokens": "Special tokens to set or add (`bos_token`, `eos_token`, `pad_token`, ...); the embeddings "
-                      "grow if the vocabulary does.",
-    "tokens": "Extra tokens to add to the vocabulary.",
+                      "grow if the vocabulary does, and under LoRA a token new to the vocabulary makes `embed_tokens` "
+                      "and `lm_head` train (see data.md).",
+    "tokens": "Extra tokens to add to the vocabulary; under LoRA, new ones make `embed_tokens` and `lm_head` train "
+              "and be saved with the adapter (a notice says so).",
     "on_invalid_example": "`error`: stop at the first bad row, naming file and row. `skip`: drop bad rows and "
                           "count them by reason.",
     "excess_length_strategy": "Examples longer than `sequence_len`: `drop` them (counted) or `truncate` them.",
@@ -150,7 +158,8 @@ MEANINGS = {
 
 DATASET_MEANINGS = {
     "path": "Local file or folder, or a Hugging Face Hub dataset id. Required.",
-    "type": "Format name: `alpaca`, `completion`, `chat_template`, or one a plugin registers. Required.",
+    "type": "Format name: `alpaca`, `completion`, `chat_template`, `sharegpt`, `input_output`, `pretrain`, or one a "
+            "plugin registers; or `module.function`, a function of your own (see data.md). Required.",
     "split": "Hub datasets: the split to read; unset: `train`.",
     "data_files": "File name(s) or glob(s) to read under `path`; for a Hub dataset, passed to its loader.",
     "name": "Hub datasets: the configuration name.",

@@ -1,7 +1,8 @@
 """The ``ftcore`` command. One module per subcommand; plugins add more.
 
 Importing this package, parsing arguments, ``validate``, ``plugins`` and
-``--help`` never import torch or transformers.
+``--help`` never import torch or transformers (``preprocess`` imports
+transformers for the tokenizer only when it runs).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def _recipe_arguments(parser):
 
 
 def build_parser(plugins=None) -> argparse.ArgumentParser:
-    from ftcore.cli import plugins_command, run, validate
+    from ftcore.cli import plugins_command, preprocess, run, validate
 
     parser = argparse.ArgumentParser(
         prog="ftcore", description="Fine-tune large language models from one YAML recipe.",
@@ -30,7 +31,7 @@ def build_parser(plugins=None) -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    for module in (run, validate, plugins_command):
+    for module in (run, validate, preprocess, plugins_command):
         p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
         if module.TAKES_RECIPE:

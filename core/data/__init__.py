@@ -2,10 +2,16 @@
 
 - ``read.py``: rows from local files (json, jsonl, csv, parquet, arrow) or the Hub,
   each with its file and row number.
+- ``formats.py``: which function formats a dataset entry: a registered format,
+  or a ``module.function`` named by its dotted path.
 - ``tokenize.py``: a format's ``(text, trained)`` segments -> ``input_ids`` and
   ``labels``; this is where untrained tokens get ``-100``.
 - ``prepare.py``: every dataset of a recipe -> train and eval examples + stats.
-- ``collate.py``: examples -> padded batches.
+- ``cache.py``: prepared examples kept under ``dataset_prepared_path`` by a key of
+  everything they depend on, and reused (``load_or_prepare``).
+- ``pack.py``: examples -> ``sequence_len`` bins (``sample_packing``), position ids
+  restarting at each example.
+- ``collate.py``: examples -> padded batches, or packed bins.
 
 A format plugin needs only ``FormatContext`` and ``RowError`` from here.
 """

@@ -4,16 +4,24 @@ Bad rows follow ``on_invalid_example`` (``error``: stop naming the file and
 row; ``skip``: count by reason). Over-long examples follow
 ``excess_length_strategy`` (``drop`` or ``truncate``). An empty result is an
 error, never a silent no-op.
+
+Two steps: ``tokenize_datasets`` reads, formats, tokenizes and length-checks
+every row, in dataset order (the expensive part, what ``cache.py`` stores, and
+what ``dataset_processes`` spreads over worker processes); ``split`` then holds
+out the validation examples (cheap, so it is redone on every load).
+``prepare_datasets`` is the two together.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
 from ftcore.data import IGNORE_INDEX, FormatContext, RowError
+from ftcore.data.formats import format_function
 from ftcore.data.read import RowProblem, read_rows
 from ftcore.data.tokenize import tokenize_segments
 from ftcore.errors import DataError
@@ -25,6 +33,23 @@ class PreparedData:
     eval: list = field(default_factory=list)
     sources: list = field(default_factory=list)
     stats: dict = field(default_factory=dict)
+    # Every kept example in dataset order (``datasets``, then ``test_datasets``), before the split;
+    # ``origins[i]`` is the (file, row number) of ``examples[i]``, ``eval_index`` the positions
+    # in ``examples`` that went to evaluation. ``train`` and ``eval`` hold the same dicts.
+    examples: list = field(default_factory=list)
+    origins: list = field(default_factory=list)
+    eval_index: list = field(default_factory=list)
+
+
+@dataclass
+class Tokenized:
+    """What ``tokenize_datasets`` gives: the examples in dataset order, not yet split (what the cache stores)."""
+
+    train: list  # examples of ``datasets``
+    test: list  # examples of ``test_datasets``
+    origins: list  # (file, row number) of each example, train then test
+    sources: list
+    counts: dict  # {"train": counts, "test": counts (only with test_datasets)}
 
 
 class _Counts:
@@ -40,10 +65,10 @@ class _Counts:
                 "tokens": self.tokens, "trained_tokens": self.trained}
 
 
-def _progress(rows, description):
+def _progress(rows, total, description):
     from tqdm.auto import tqdm
 
-    return tqdm(rows, desc=description, unit=" rows", disable=len(rows) < 2000 or not sys.stderr.isatty(),
+    return tqdm(rows, total=total, desc=description, unit=" rows", disable=total < 2000 or not sys.stderr.isatty(),
                 leave=False)
 
 
@@ -59,61 +84,162 @@ def format_row(row, spec, function, ctx) -> dict:
     return tokenize_segments(result, ctx.tokenizer)
 
 
-def _examples(specs, recipe, ctx, formats, counts, sources, limit=None):
+def format_one(row, spec, function, ctx):
+    """One read row -> an example, or the ``RowError`` that makes it a bad row."""
+    try:
+        if isinstance(row, RowProblem):
+            raise RowError(row.message, row.reason)
+        return format_row(row, spec, function, ctx)
+    except RowError as exc:
+        return exc
+
+
+def _examples(specs, recipe, ctx, formats, counts, sources, origins, limit=None):
     out = []
     for spec in specs:
-        function, _options = formats[spec.type][0]
+        function = format_function(spec, formats)
+        combine = getattr(function, "combine", None)  # type: pretrain: documents -> sequence_len chunks
         read = read_rows(spec, limit=limit)
         sources.extend(read.sources)
-        for (file, number), row in _progress(read.rows, f"formatting {spec.path}"):
-            counts.read += 1
-            try:
-                if isinstance(row, RowProblem):
-                    raise RowError(row.message, row.reason)
-                example = format_row(row, spec, function, ctx)
-            except RowError as exc:
-                if recipe.on_invalid_example == "error":
-                    raise DataError(
-                        f"{file}: row {number}: {exc} "
-                        f"(set on_invalid_example: skip to drop such rows and count them)"
-                    ) from exc
-                counts.dropped[exc.reason] += 1
-                continue
-            if len(example["input_ids"]) > recipe.sequence_len:
-                if recipe.excess_length_strategy == "drop":
-                    counts.dropped[f"longer than sequence_len ({recipe.sequence_len})"] += 1
-                    continue
-                example = {k: v[: recipe.sequence_len] for k, v in example.items()}
-            trained = sum(1 for label in example["labels"][1:] if label != IGNORE_INDEX)
-            if trained == 0:
-                counts.dropped["no trained tokens"] += 1
-                continue
-            counts.kept += 1
-            counts.tokens += len(example["input_ids"])
-            counts.trained += trained
-            out.append(example)
+        results = _formatted(read.rows, spec, function, ctx, recipe.dataset_processes or 1)
+        try:
+            shown = _progress(results, len(read.rows), f"formatting {spec.path}")
+            if combine is None:
+                _keep(read.rows, shown, recipe, counts, out, origins)
+            else:
+                _keep_combined(read.rows, shown, combine, spec, ctx, recipe, counts, out, origins)
+        finally:
+            results.close()  # stops the worker processes at once when a bad row ends the run
     return out
 
 
-def split_validation(examples, size, seed):
-    """Deterministic hold-out: a fraction (< 1) or a count of examples, chosen by seed."""
+def _keep(rows, results, recipe, counts, out, origins):
+    """Apply ``on_invalid_example``, the length rule and the no-trained-token rule; count everything."""
+    for ((file, number), _row), example in zip(rows, results):
+        counts.read += 1
+        if isinstance(example, RowError):
+            _bad_row(file, number, example, recipe, counts)
+            continue
+        counts.kept += _add(example, (file, number), recipe, counts, out, origins)
+
+
+def _keep_combined(rows, results, combine, spec, ctx, recipe, counts, out, origins):
+    """``_keep`` for a format with ``combine`` (see hookspecs): bad rows as in ``_keep``, then the
+    entry's good examples are combined, and the length and no-trained-token rules apply to what
+    comes out. ``rows_kept`` counts the rows that went in."""
+    good = []
+    for ((file, number), _row), example in zip(rows, results):
+        counts.read += 1
+        if isinstance(example, RowError):
+            _bad_row(file, number, example, recipe, counts)
+            continue
+        counts.kept += 1
+        good.append(((file, number), example))
+    for origin, example in combine(good, spec, ctx):
+        _add(example, origin, recipe, counts, out, origins)
+
+
+def _bad_row(file, number, error, recipe, counts):
+    """``on_invalid_example``: stop, naming the file and row, or count the row by its reason."""
+    if recipe.on_invalid_example == "error":
+        raise DataError(
+            f"{file}: row {number}: {error} "
+            f"(set on_invalid_example: skip to drop such rows and count them)"
+        ) from error
+    counts.dropped[error.reason] += 1
+
+
+def _add(example, origin, recipe, counts, out, origins) -> bool:
+    """The length rule and the no-trained-token rule; keep and count the example if it passes."""
+    if len(example["input_ids"]) > recipe.sequence_len:
+        if recipe.excess_length_strategy == "drop":
+            counts.dropped[f"longer than sequence_len ({recipe.sequence_len})"] += 1
+            return False
+        example = {k: v[: recipe.sequence_len] for k, v in example.items()}
+    trained = sum(1 for label in example["labels"][1:] if label != IGNORE_INDEX)
+    if trained == 0:
+        counts.dropped["no trained tokens"] += 1
+        return False
+    counts.tokens += len(example["input_ids"])
+    counts.trained += trained
+    out.append(example)
+    origins.append(origin)
+    return True
+
+
+# ── dataset_processes: formatting and tokenizing in worker processes ─────────
+#
+# Rows are cut into chunks in order and ``imap`` hands the results back in that
+# order, so the examples, the counts and the first bad row named are exactly
+# those of one process. Everything that decides what is kept (bad rows, length,
+# counts) stays in the main process. Workers get the rows and the format through
+# the pool's initializer: inherited without copying under ``fork`` (Linux),
+# pickled once per worker under ``spawn`` (elsewhere).
+
+PARALLEL_MIN_ROWS = 2000  # below this, starting workers costs more than it saves
+CHUNK_ROWS = 256
+_WORK: dict = {}
+
+
+def _formatted(rows, spec, function, ctx, processes):
+    """Each row formatted and tokenized (an example or a ``RowError``), in row order."""
+    if processes <= 1 or len(rows) < max(PARALLEL_MIN_ROWS, 2):
+        return (format_one(row, spec, function, ctx) for _origin, row in rows)  # a generator too: same .close()
+    return _parallel(rows, spec, function, ctx, processes)
+
+
+def _parallel(rows, spec, function, ctx, processes):
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    chunks = [(i, min(i + CHUNK_ROWS, len(rows))) for i in range(0, len(rows), CHUNK_ROWS)]
+    with multiprocessing.get_context(method).Pool(min(processes, len(chunks)), initializer=_start_worker,
+                                                  initargs=([row for _origin, row in rows], spec, function, ctx)) as pool:
+        for chunk in pool.imap(_work_on, chunks):
+            for first, second in chunk:
+                if isinstance(first, str):
+                    yield RowError(first, second)
+                else:
+                    yield {"input_ids": first.tolist(), "labels": second.tolist()}
+
+
+def _start_worker(rows, spec, function, ctx):
+    _WORK.update(rows=rows, spec=spec, function=function, ctx=ctx)
+
+
+def _work_on(chunk):
+    from array import array
+
+    start, end = chunk
+    out = []
+    for row in _WORK["rows"][start:end]:
+        example = format_one(row, _WORK["spec"], _WORK["function"], _WORK["ctx"])
+        if isinstance(example, RowError):
+            out.append((str(example), example.reason))  # a RowError does not survive pickling with its reason
+        else:  # typed arrays pickle as bytes: far cheaper to send back than lists of ints
+            out.append((array("q", example["input_ids"]), array("q", example["labels"])))
+    return out
+
+
+def validation_index(n, size, seed) -> list[int]:
+    """Which of ``n`` examples to hold out: a fraction (< 1) or a count, chosen by seed; sorted."""
     if not size:
-        return examples, []
-    n = int(size) if size >= 1 else max(1, round(len(examples) * size))
-    if n >= len(examples):
-        raise DataError(f"val_set_size {size} leaves no training examples ({len(examples)} in all)")
-    order = list(range(len(examples)))
+        return []
+    count = int(size) if size >= 1 else max(1, round(n * size))
+    if count >= n:
+        raise DataError(f"val_set_size {size} leaves no training examples ({n} in all)")
+    order = list(range(n))
     random.Random(seed).shuffle(order)
-    held = set(order[:n])
-    return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
+    return sorted(order[:count])
 
 
-def prepare_datasets(recipe, tokenizer, formats, chat_template=None, limit=None) -> PreparedData:
-    """Read, format, tokenize and split the recipe's datasets."""
+def tokenize_datasets(recipe, tokenizer, formats, chat_template=None, limit=None) -> Tokenized:
+    """Read, format, tokenize and length-check every dataset, in dataset order.
+
+    ``limit`` reads only the first rows of each dataset entry (``ftcore preprocess --limit``).
+    """
     ctx = FormatContext(tokenizer=tokenizer, recipe=recipe, chat_template=chat_template)
-    data = PreparedData()
-    train_counts, eval_counts = _Counts(), _Counts()
-    train = _examples(recipe.datasets or [], recipe, ctx, formats, train_counts, data.sources, limit)
+    sources, origins = [], []
+    train_counts, test_counts = _Counts(), _Counts()
+    train = _examples(recipe.datasets or [], recipe, ctx, formats, train_counts, sources, origins, limit)
     if not train:
         hint = ""
         if any(reason.startswith("longer than") for reason in train_counts.dropped):
@@ -122,18 +248,37 @@ def prepare_datasets(recipe, tokenizer, formats, chat_template=None, limit=None)
             "no training examples left after formatting: "
             f"{train_counts.read} rows read, dropped: {dict(train_counts.dropped) or 'none'}{hint}"
         )
+    counts = {"train": train_counts.as_dict()}
+    test = []
     if recipe.test_datasets:
-        data.eval = _examples(recipe.test_datasets, recipe, ctx, formats, eval_counts, data.sources, limit)
-        if not data.eval:
-            raise DataError(f"test_datasets gave no examples: dropped {dict(eval_counts.dropped)}")
-        data.train = train
+        test = _examples(recipe.test_datasets, recipe, ctx, formats, test_counts, sources, origins, limit)
+        if not test:
+            raise DataError(f"test_datasets gave no examples: dropped {dict(test_counts.dropped)}")
+        counts["test"] = test_counts.as_dict()
+    return Tokenized(train, test, origins, sources, counts)
+
+
+def split(tokenized: Tokenized, recipe) -> PreparedData:
+    """Hold out the evaluation examples: ``test_datasets``, or ``val_set_size`` of ``datasets`` by ``seed``."""
+    examples = tokenized.train + tokenized.test
+    if recipe.test_datasets:
+        eval_index = list(range(len(tokenized.train), len(examples)))
     else:
-        data.train, data.eval = split_validation(train, recipe.val_set_size, recipe.seed)
-    data.stats = {"train": train_counts.as_dict(), "train_examples": len(data.train),
+        eval_index = validation_index(len(tokenized.train), recipe.val_set_size, recipe.seed)
+    held = set(eval_index)
+    data = PreparedData(train=[e for i, e in enumerate(examples) if i not in held],
+                        eval=[examples[i] for i in eval_index], sources=list(tokenized.sources),
+                        examples=examples, origins=list(tokenized.origins), eval_index=eval_index)
+    data.stats = {"train": dict(tokenized.counts["train"]), "train_examples": len(data.train),
                   "eval_examples": len(data.eval)}
-    if recipe.test_datasets:
-        data.stats["test"] = eval_counts.as_dict()
+    if "test" in tokenized.counts:
+        data.stats["test"] = dict(tokenized.counts["test"])
     return data
+
+
+def prepare_datasets(recipe, tokenizer, formats, chat_template=None, limit=None) -> PreparedData:
+    """Read, format, tokenize and split the recipe's datasets (no cache; see ``cache.load_or_prepare``)."""
+    return split(tokenize_datasets(recipe, tokenizer, formats, chat_template, limit), recipe)
 
 
 def set_chat_template(recipe, tokenizer, templates: dict) -> str | None:

@@ -72,7 +72,7 @@ def _kind(path: Path, spec) -> str:
     return kind
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -166,21 +166,29 @@ def _read_arrow(path: Path, kind: str):
         yield number, row
 
 
-def read_rows(spec, limit: int | None = None) -> ReadResult:
-    """Rows of one dataset entry, each as ``((file, row_number), row)``."""
+def local_files(spec) -> list[Path] | None:
+    """The files a dataset entry reads, in reading order; ``None`` for a Hub dataset."""
     base = Path(spec.path).expanduser()
-    result = ReadResult()
     if not base.exists():
         if spec.path.startswith((".", "/", "~")) or Path(spec.path).suffix in LOCAL_SUFFIXES:
             raise DataError(f"{spec.path}: no such file or folder")
+        return None
+    return _files(spec, base)
+
+
+def read_rows(spec, limit: int | None = None) -> ReadResult:
+    """Rows of one dataset entry, each as ``((file, row_number), row)``."""
+    files = local_files(spec)
+    if files is None:
         return _read_hub(spec, limit)
-    for path in _files(spec, base):
+    result = ReadResult()
+    for path in files:
         kind = _kind(path, spec)
         if kind in ("parquet", "arrow"):
             rows = _read_arrow(path, kind)
         else:
             rows = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "text": _read_text}[kind](path)
-        source = Source(str(path), sha256=_sha256(path))
+        source = Source(str(path), sha256=file_sha256(path))
         for number, row in rows:
             result.rows.append(((str(path), number), row))
             source.rows += 1
