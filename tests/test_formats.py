@@ -460,3 +460,35 @@ def test_lora_leaves_the_embeddings_alone_without_new_tokens_and_keeps_tied_ones
     embed, head = peft_model.get_input_embeddings(), peft_model.get_output_embeddings()
     assert embed.modules_to_save["default"].weight is head.modules_to_save["default"].weight
     assert embed.modules_to_save["default"].weight.requires_grad
+
+
+@pytest.mark.parametrize("with_input", [True, False])
+def test_alpaca_with_a_chat_template_trains_the_reply_and_end_of_turn(llama, with_input):
+    from ftcore.data import IGNORE_INDEX
+    from ftcore.data.prepare import format_row, set_chat_template
+    from ftcore.hooks import chat_templates, dataset_formats
+    from ftcore.plugins_manager import load_plugins
+    from ftcore.recipe import validate
+    from ftcore.recipe.load import RawRecipe
+
+    plugins = load_plugins()
+    row = {"instruction": "Reverse the words.", "input": "red green blue" if with_input else "",
+           "output": "blue green red"}
+    for train_on_inputs in (False, True):
+        recipe = validate(RawRecipe({"base_model": "x/y", "chat_template": "llama3", "train_on_inputs": train_on_inputs,
+                                     "datasets": [{"path": "d.jsonl", "type": "alpaca"}]}, None), plugins)
+        template = set_chat_template(recipe, llama, chat_templates(plugins))
+        from ftcore.data import FormatContext
+
+        function = dataset_formats(plugins)["alpaca"][0][0]
+        example = format_row(row, recipe.datasets[0], function, FormatContext(llama, recipe, template))
+        ids, labels = example["input_ids"], example["labels"]
+        text = llama.decode(ids)
+        assert ids.count(llama.bos_token_id) == 1 and ids[0] == llama.bos_token_id
+        assert "### Instruction" not in text and "<|start_header_id|>user<|end_header_id|>" in text
+        assert ("red green blue" in text) == with_input
+        trained = llama.decode([t for t in labels if t != IGNORE_INDEX])
+        if train_on_inputs:
+            assert labels[0] == IGNORE_INDEX and all(t != IGNORE_INDEX for t in labels[1:])
+        else:
+            assert trained == "blue green red<|eot_id|>"

@@ -1,7 +1,11 @@
-"""``type: alpaca``: instruction, optional input, output, in the Alpaca prompt.
+"""``type: alpaca``: instruction, optional input, output.
 
-The prompt is masked out of the loss unless ``train_on_inputs``; the output
-and the EOS token are trained.
+Without a recipe ``chat_template`` the row is laid out in the Alpaca prompt;
+the prompt is masked out of the loss unless ``train_on_inputs``, the output
+and the EOS token are trained. With ``chat_template`` set, the row becomes a
+conversation (system if any, user: instruction and input, assistant: output)
+rendered by that template, so training matches how the saved tokenizer's
+template will prompt the model; the reply and its end-of-turn token train.
 """
 
 from pydantic import BaseModel, ConfigDict
@@ -32,6 +36,13 @@ def alpaca(row, dataset, ctx):
     extra = text_field(row, o.field_input, required=False)
     output = text_field(row, o.field_output)
     system = text_field(row, o.field_system, required=False) or o.system_prompt
+    if ctx.recipe.chat_template:
+        from ftcore.plugins.formats.chat_template import ChatTemplateOptions, conversation_segments
+
+        user = f"{instruction}\n\n{extra}" if extra else instruction
+        messages = ([{"role": "system", "content": system, "train": None}] if system else []) + [
+            {"role": "user", "content": user, "train": None}, {"role": "assistant", "content": output, "train": None}]
+        return conversation_segments(messages, ChatTemplateOptions(), ctx)
     preamble = system + "\n\n" if system else (PREAMBLE_WITH_INPUT if extra else PREAMBLE)
     prompt = f"{preamble}### Instruction:\n{instruction}\n\n"
     if extra:
