@@ -417,3 +417,24 @@ def test_a_packed_run_trains_and_records_its_packing_efficiency(tiny_llama, tmp_
     assert "eval" not in json.loads((plain_eval.output_dir / "run.json").read_text())["data"]["packing"]
     assert plain_eval.metrics["eval_loss_initial"] == pytest.approx(m["eval_loss_initial"], abs=TOL)
     assert plain_eval.metrics["train_loss_first"] == pytest.approx(m["train_loss_first"], abs=TOL)
+
+
+def test_each_of_several_processes_gets_a_near_equal_share_of_tokens():
+    """Under DDP the trainer gives every rank an equal number of rows (DistributedSampler);
+    since the bins are nearly full, the real tokens per rank are near equal too."""
+    from torch.utils.data import DistributedSampler
+
+    from ftcore.data.pack import first_fit_decreasing
+
+    capacity = 2048
+    lengths = mixed_lengths(capacity=capacity)
+    bins = first_fit_decreasing(lengths, capacity)
+    tokens = [sum(lengths[i] for i in b) for b in bins]
+    for world in (2, 4, 8):
+        shares = [sum(tokens[i] for i in DistributedSampler(tokens, num_replicas=world, rank=rank, seed=3))
+                  for rank in range(world)]
+        assert max(shares) / min(shares) < 1.02, (world, shares)
+    # the same examples unpacked, one per sampler item, are far from balanced: the check can fail
+    unpacked = [sum(lengths[i] for i in DistributedSampler(lengths, num_replicas=4, rank=rank, seed=3))
+                for rank in range(4)]
+    assert max(unpacked) / min(unpacked) > 1.05
