@@ -47,7 +47,6 @@ def run(recipe, plugins, overwrite: bool = False) -> RunResult:
         raise FtcoreError("wandb_project is set, but wandb is not installed: pip install wandb, or remove wandb_project")
     dtype = precision(recipe)
     hardware = describe()
-    _notice_pending_keys(recipe)
 
     tokenizer = hooks.load_tokenizer(plugins, recipe)
     template = set_chat_template(recipe, tokenizer, hooks.chat_templates(plugins))
@@ -104,16 +103,6 @@ def run(recipe, plugins, overwrite: bool = False) -> RunResult:
             manifest.finish(status, metrics, [f for f in files if f])
     _report_result(output_dir, metrics)
     return RunResult(output_dir, metrics, trainer.model, tokenizer)
-
-
-# Recipe keys accepted now whose feature lands later: the run says so instead of ignoring them.
-PENDING: dict[str, str] = {}  # none at the moment
-
-
-def _notice_pending_keys(recipe) -> None:
-    for key, message in PENDING.items():
-        if getattr(recipe, key):
-            print(f"notice: {key}: {message}")
 
 
 class Interrupted(FtcoreError):
