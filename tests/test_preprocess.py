@@ -559,7 +559,9 @@ def test_dump_is_in_dataset_order_with_decoded_text_and_labels(preprocess_recipe
     for record, row in zip(alpaca, rows):
         assert record["text"] == llama.decode(record["input_ids"], clean_up_tokenization_spaces=False)
         assert record["text"].startswith("<|begin_of_text|>") and record["text"].count("<|begin_of_text|>") == 1
-        assert f"### Input:\n{row['input']}\n\n### Response:\n" in record["text"]
+        # with the recipe's chat_template, alpaca rows are rendered as a user turn and the reply
+        assert (f"<|start_header_id|>user<|end_header_id|>\n\n{row['instruction']}\n\n{row['input']}<|eot_id|>"
+                in record["text"])
         assert _trained_text(llama, record) == row["output"] + "<|eot_id|>"
         assert len(record["labels"]) == len(record["input_ids"])
     assert sum(r["split"] == "eval" for r in records) == 4
@@ -611,7 +613,7 @@ def test_show_marks_trained_text_without_colour_off_a_terminal(preprocess_recipe
     assert "\033[" not in out
     assert "first 2 of 17 examples ([[trained]], the rest not trained):" in out
     assert re.search(r"── example 1 · (train|eval) · data.jsonl row 1 · \d+ tokens, \d+ trained ──", out)
-    assert f"### Response:\n[[{rows[0]['output']}<|eot_id|>]]\n" in out
+    assert f"<|start_header_id|>assistant<|end_header_id|>\n\n[[{rows[0]['output']}<|eot_id|>]]\n" in out
     assert f"[[{rows[1]['output']}<|eot_id|>]]" in out and f"[[{rows[2]['output']}" not in out
 
 
