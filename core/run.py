@@ -22,7 +22,7 @@ from ftcore.data.cache import load_or_prepare
 from ftcore.data.prepare import set_chat_template
 from ftcore.device import describe, precision
 from ftcore.errors import FtcoreError
-from ftcore.train import accumulation_steps, build_trainer, training_arguments, wandb_environment
+from ftcore.train import accumulation_steps, build_trainer, check_optimizer, training_arguments, wandb_environment
 
 
 # bitsandbytes warns on CPU that an optional kernel package (which would download
@@ -47,6 +47,7 @@ def run(recipe, plugins, overwrite: bool = False) -> RunResult:
         raise FtcoreError("wandb_project is set, but wandb is not installed: pip install wandb, or remove wandb_project")
     dtype = precision(recipe)
     hardware = describe()
+    check_optimizer(recipe, hardware["cuda"])  # a paged optimizer on CPU fails here, not after the model loads
 
     tokenizer = hooks.load_tokenizer(plugins, recipe)
     template = set_chat_template(recipe, tokenizer, hooks.chat_templates(plugins))

@@ -23,6 +23,49 @@ def accumulation_steps(recipe, world_size: int = 1) -> int:
     return recipe.batch_size // per_pass
 
 
+def check_optimizer(recipe, cuda: bool) -> None:
+    """Stop before anything loads when ``optimizer`` cannot run here: build it on a small tensor, take one step.
+
+    transformers resolves the name (a missing package fails here), then the optimizer steps once on
+    a 512 x 256 parameter on the device training will use: large enough (over 10^5 elements) to
+    reach bitsandbytes' 8-bit and paged code paths. On CPU, bitsandbytes 0.50 falls back from paged
+    to ordinary states for AdamW and Lion, but paged AdEMAMix has no CPU implementation.
+    """
+    import dataclasses
+
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    from ftcore.errors import FtcoreError
+
+    args = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            for f in dataclasses.fields(TrainingArguments)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    args.update(optim=recipe.optimizer, learning_rate=recipe.learning_rate, weight_decay=recipe.weight_decay)
+    for key in ("adam_beta1", "adam_beta2", "adam_epsilon"):
+        if getattr(recipe, key) is not None:
+            args[key] = getattr(recipe, key)
+    device = "cuda" if cuda else "cpu"
+    probe = torch.nn.Linear(512, 256, bias=False, device=device)
+    try:
+        cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(type("Arguments", (), args)(), probe)
+        if cls.__module__.split(".")[0] in ("torch", "bitsandbytes"):  # others may need the real model
+            optimizer = cls(probe.parameters(), **kwargs)
+            probe(torch.ones(2, 512, device=device)).sum().backward()
+            optimizer.step()
+    except Exception as exc:  # whatever stops it here would have stopped training the same way, later
+        hardware = "a CUDA GPU" if cuda else "this machine (CPU only, no CUDA GPU)"
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if recipe.optimizer.startswith("paged_"):
+            fix = f"use optimizer: {recipe.optimizer.removeprefix('paged_')} (the same without paging) or adamw_torch"
+        else:
+            fix = "use optimizer: adamw_torch (or adamw_bnb_8bit for 8-bit optimizer states)"
+        if isinstance(exc, ImportError) or "install" in first_line:
+            fix += ", or install what is missing"
+        raise FtcoreError(f"optimizer: {recipe.optimizer} cannot run on {hardware}: {first_line.rstrip('.')}; "
+                          f"{fix}") from exc
+
+
 def steps_per_epoch(recipe, n_examples: int, world_size: int = 1) -> int:
     per_step = recipe.micro_batch_size * accumulation_steps(recipe, world_size) * world_size
     return max(1, math.ceil(n_examples / per_step))

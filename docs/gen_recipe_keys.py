@@ -42,7 +42,8 @@ MEANINGS = {
     "sdp_attention": "Axolotl's spelling of `attn_implementation: sdpa`.",
     "eager_attention": "Axolotl's spelling of `attn_implementation: eager`.",
     # adapter
-    "adapter": "`lora`, or absent for full fine-tuning. `qlora` validates but needs a QLoRA plugin, not shipped yet.",
+    "adapter": "`lora`, `qlora` (LoRA on a 4-bit base; needs `load_in_4bit: true`), or absent for full "
+               "fine-tuning. `lora` with `load_in_8bit: true` is 8-bit LoRA.",
     "lora_r": "LoRA rank.",
     "lora_alpha": "LoRA scaling numerator (the update is scaled by alpha / r).",
     "lora_dropout": "Dropout on the LoRA path.",
@@ -57,12 +58,20 @@ MEANINGS = {
     "unfrozen_parameters": "Full fine-tuning only: regular expressions matched at the start of parameter names; "
                            "only matching parameters train. An error with an adapter (use `lora_modules_to_save`).",
     # quantization
-    "load_in_4bit": "Load the base model in 4 bits. Needs a quantization plugin (QLoRA), not shipped yet.",
-    "load_in_8bit": "Load the base model in 8 bits. Needs a quantization plugin, not shipped yet.",
-    "bnb_4bit_quant_type": "For the quantization plugin; no effect without it.",
-    "bnb_4bit_use_double_quant": "For the quantization plugin; no effect without it.",
-    "bnb_4bit_quant_storage": "For the quantization plugin; no effect without it.",
-    "bnb_config_kwargs": "For the quantization plugin; no effect without it.",
+    "load_in_4bit": "Load the base model's linear layers in 4 bits with bitsandbytes (the `qlora` plugin); "
+                    "embeddings, output head and norms stay in 16/32 bits. Needs an adapter (`qlora`). "
+                    "Not with `load_in_8bit`.",
+    "load_in_8bit": "Load the base model's linear layers in 8 bits (LLM.int8) with bitsandbytes. Needs an "
+                    "adapter (`lora`).",
+    "bnb_4bit_quant_type": "4-bit data type: `nf4` (NormalFloat, QLoRA's) or `fp4`. The compute dtype follows "
+                           "the run's precision (bf16, fp16 or fp32).",
+    "bnb_4bit_use_double_quant": "Quantize the 4-bit blocks' scale constants too (saves about 0.4 bit per "
+                                 "parameter).",
+    "bnb_4bit_quant_storage": "dtype the packed 4-bit weights are stored in; unset: `uint8`. FSDP with QLoRA "
+                              "wants the training dtype (`bfloat16`).",
+    "bnb_config_kwargs": "Extra `BitsAndBytesConfig` arguments (e.g. `llm_int8_threshold`, "
+                         "`llm_int8_skip_modules`), applied last so they override the keys above; unknown "
+                         "names are errors at run start. Needs `load_in_4bit` or `load_in_8bit`.",
     # data
     "datasets": "Training data: a list of dataset entries (below). Required to run.",
     "test_datasets": "Evaluation data, same entry format; instead of `val_set_size`.",
@@ -102,7 +111,9 @@ MEANINGS = {
     "num_epochs": "Passes over the training data (fractions allowed).",
     "max_steps": "Stop after this many optimizer steps; wins over `num_epochs`.",
     "learning_rate": "Peak learning rate.",
-    "optimizer": "A transformers optimizer name (list below).",
+    "optimizer": "A transformers optimizer name (list below). Checked on this machine before the model "
+                 "loads; on CPU, bitsandbytes runs the 8-bit and `paged_adamw_*`/`paged_lion_*` ones (without "
+                 "paging), not `paged_ademamix_*`.",
     "lr_scheduler": "A transformers scheduler name (list below).",
     "lr_scheduler_kwargs": "Extra arguments for the scheduler.",
     "cosine_min_lr_ratio": "With `lr_scheduler: cosine`: decay to this fraction of `learning_rate`, not to 0.",

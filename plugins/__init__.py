@@ -6,6 +6,9 @@ Short name -> module. ``FTCORE_DISABLE_PLUGINS`` takes the short names.
 """
 
 BUILTINS = {
+    # qlora before huggingface: prepare_model implementations run last-registered first, and
+    # k-bit preparation must follow the embedding resize in huggingface's
+    "qlora": "ftcore.plugins.qlora",  # adapter: qlora, load_in_4bit / load_in_8bit via bitsandbytes
     "huggingface": "ftcore.plugins.huggingface",  # tokenizer, model, collator via transformers
     "lora": "ftcore.plugins.lora",  # adapter: lora
     "full": "ftcore.plugins.full",  # no adapter: full fine-tuning

@@ -97,6 +97,11 @@ def lora_config(recipe, model):
 def inject_adapter(recipe, model):
     if recipe.adapter != "lora":
         return None
+    return wrap(recipe, model)
+
+
+def wrap(recipe, model):
+    """The model under LoRA as the recipe configures it (also ``adapter: qlora``, on a 4-bit base: qlora.py)."""
     from peft import PeftModel, get_peft_model
 
     if recipe.lora_model_dir:
@@ -110,7 +115,7 @@ def inject_adapter(recipe, model):
         except ValueError as exc:
             raise FtcoreError(f"lora_target_modules: {exc}") from exc
     trainable, total = peft_model.get_nb_trainable_parameters()
-    print(f"lora: r={recipe.lora_r} alpha={recipe.lora_alpha} on "
+    print(f"{recipe.adapter}: r={recipe.lora_r} alpha={recipe.lora_alpha} on "
           f"{sorted(peft_model.peft_config['default'].target_modules)}; "
           f"trainable {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)")
     return peft_model

@@ -326,8 +326,9 @@ def test_inject_adapter_with_nobody_answering_names_the_recipe_key():
         hooks.inject_adapter(plugins, recipe(), model=object())
 
 
-def test_inject_adapter_qlora_with_only_the_builtins_names_adapter():
-    """lora answers for 'lora', full for no adapter: 'qlora' needs a plugin that is not there yet."""
+def test_inject_adapter_qlora_without_the_qlora_plugin_names_adapter(monkeypatch):
+    """lora answers for 'lora', full for no adapter, qlora for 'qlora': block qlora and nobody answers."""
+    monkeypatch.setenv("FTCORE_DISABLE_PLUGINS", "qlora")
     with pytest.raises(MissingPluginError, match=r"\(adapter: 'qlora'\)"):
         hooks.inject_adapter(load_plugins(), recipe(adapter="qlora"), model=object())
 
@@ -342,7 +343,7 @@ def test_inject_adapter_returns_the_answer_of_the_plugin_that_handles_the_adapte
 
 @pytest.mark.parametrize("key", ["load_in_4bit", "load_in_8bit"])
 def test_quantization_requested_but_nobody_answers_is_a_clear_error(key):
-    plugins = load_plugins()  # no built-in quantization plugin yet
+    plugins = Plugins()  # without the built-in qlora plugin
     add(plugins, "shy", quantization_config=hookimpl(lambda recipe: None))
     with pytest.raises(MissingPluginError) as err:
         hooks.quantization_config(plugins, recipe(**{key: True}))

@@ -1,0 +1,107 @@
+"""QLoRA and k-bit loading through bitsandbytes: ``adapter: qlora``, ``load_in_4bit``, ``load_in_8bit``.
+
+- ``quantization_config``: ``load_in_4bit`` gives a 4-bit ``BitsAndBytesConfig``
+  (``bnb_4bit_quant_type``, nf4 by default; double quantization per
+  ``bnb_4bit_use_double_quant``; compute dtype following the run's precision,
+  bf16/fp16/fp32; storage dtype ``bnb_4bit_quant_storage``); ``load_in_8bit``
+  an 8-bit one (LLM.int8). ``bnb_config_kwargs`` are passed through last, so
+  they override any of these, as in Axolotl.
+- ``prepare_model``: k-bit preparation of a quantized model (every base weight
+  frozen, norm layers in fp32, input gradients on so checkpointed layers get
+  gradients, gradient checkpointing non-reentrant unless the recipe says
+  otherwise). Unlike peft's ``prepare_model_for_kbit_training`` it leaves the
+  embeddings and output head in 16 bits: upcasting them costs 2 GB on Llama
+  3.1 8B for nothing, as they are frozen.
+- ``inject_adapter``: ``adapter: qlora`` is LoRA on the 4-bit base, configured
+  exactly as ``adapter: lora`` (``lora.py``). ``adapter: lora`` with
+  ``load_in_8bit`` (8-bit LoRA) goes through ``lora.py`` itself.
+
+No torch or transformers at import time: ``ftcore validate`` stays light.
+"""
+
+from ftcore import FtcoreError, hookimpl
+
+FTCORE_CONTRACT = "1"
+
+
+def quantized(recipe) -> bool:
+    return bool(recipe.load_in_4bit or recipe.load_in_8bit)
+
+
+@hookimpl(trylast=True)
+def validate_recipe(recipe, error):
+    if recipe.load_in_4bit and recipe.load_in_8bit:
+        return  # a schema cross-check (Recipe.cross_checks) reports it; the rules below assume one of them
+    if recipe.adapter == "qlora" and not recipe.load_in_4bit:
+        hint = ("for LoRA on an 8-bit base use adapter: lora with load_in_8bit: true"
+                if recipe.load_in_8bit else "or use adapter: lora for a 16-bit base")
+        error("adapter", f"qlora trains LoRA on a 4-bit base and needs load_in_4bit: true; set it, {hint}")
+    if recipe.adapter is None:
+        for key in ("load_in_4bit", "load_in_8bit"):
+            if getattr(recipe, key):
+                error(key, "a quantized base cannot be fine-tuned in full (its weights are frozen integers); "
+                           "train an adapter on it (adapter: qlora with load_in_4bit, adapter: lora with "
+                           f"load_in_8bit), or remove {key} for full fine-tuning")
+    if recipe.bnb_config_kwargs and not quantized(recipe):
+        error("bnb_config_kwargs", "is set but nothing is quantized; set load_in_4bit or load_in_8bit, "
+                                   "or remove bnb_config_kwargs")
+
+
+@hookimpl(trylast=True)
+def quantization_config(recipe):
+    if not quantized(recipe):
+        return None
+    import inspect
+
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    from ftcore.device import precision, torch_dtype
+
+    if recipe.load_in_8bit:
+        kwargs = {"load_in_8bit": True}
+    else:
+        kwargs = {"load_in_4bit": True, "bnb_4bit_quant_type": recipe.bnb_4bit_quant_type,
+                  "bnb_4bit_use_double_quant": recipe.bnb_4bit_use_double_quant,
+                  "bnb_4bit_compute_dtype": torch_dtype(precision(recipe))}
+        if recipe.bnb_4bit_quant_storage:
+            kwargs["bnb_4bit_quant_storage"] = getattr(torch, recipe.bnb_4bit_quant_storage)
+    extra = dict(recipe.bnb_config_kwargs or {})
+    allowed = set(inspect.signature(BitsAndBytesConfig).parameters) - {"self", "kwargs"}
+    unknown = sorted(set(extra) - allowed)
+    if unknown:
+        raise FtcoreError(f"bnb_config_kwargs: {', '.join(unknown)} not BitsAndBytesConfig argument(s); "
+                          f"allowed: {', '.join(sorted(allowed))}")
+    kwargs.update(extra)
+    try:
+        return BitsAndBytesConfig(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise FtcoreError(f"bnb_config_kwargs: {exc}") from exc
+
+
+@hookimpl(trylast=True)
+def prepare_model(recipe, model, tokenizer):
+    """k-bit preparation; runs after huggingface.prepare_model (registered before it) resized the embeddings."""
+    if not (getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)):
+        return
+    import torch
+
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for module in model.modules():  # RMSNorm / LayerNorm: small, and precision-sensitive in 16 bits
+        if "norm" in type(module).__name__.lower():
+            module.to(torch.float32)
+    # the embeddings' output needs a gradient so checkpointed layers above it are differentiated
+    model.enable_input_require_grads()
+    if recipe.gradient_checkpointing:
+        model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs=recipe.gradient_checkpointing_kwargs or {"use_reentrant": False})
+
+
+@hookimpl(trylast=True)
+def inject_adapter(recipe, model):
+    if recipe.adapter != "qlora":
+        return None
+    from ftcore.plugins import lora
+
+    return lora.wrap(recipe, model)

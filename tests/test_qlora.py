@@ -1,0 +1,197 @@
+"""QLoRA and 8-bit LoRA through bitsandbytes, on CPU, with the tiny Llama.
+
+The tiny Llama's quantized layers have output sizes that are multiples of 32
+(hidden 64, k/v 32, intermediate 128), which bitsandbytes' CPU 4-bit kernels
+need in eval/no-grad mode.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import alpaca_rows, write_jsonl, write_recipe
+from test_run import REPO, base_recipe, logits, run_recipe, sample_ids
+
+QLORA = dict(adapter="qlora", load_in_4bit=True, lora_r=8, lora_alpha=16, lora_target_linear=True)
+LINEAR = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def base_layers(model):
+    """``{type name of the layer under LoRA}`` for every adapted linear layer."""
+    return {type(m.base_layer).__name__ for name, m in model.named_modules() if hasattr(m, "base_layer")
+            and name.rsplit(".", 1)[-1] in LINEAR}
+
+
+def only_lora_trains(model):
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    return trainable and all("lora_" in name for name in trainable)
+
+
+def reload(model_dir, adapter_dir, quantization):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, quantization_config=quantization)
+    return PeftModel.from_pretrained(base, adapter_dir)
+
+
+def test_qlora_trains_lora_on_a_4bit_base_and_the_adapter_reloads_with_plain_peft(tiny_llama, alpaca_file,
+                                                                                   tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    # paged_adamw_8bit: on CPU bitsandbytes falls back to ordinary 8-bit states, so it runs here.
+    # No evaluation during this run: on CPU, bitsandbytes repacks 4-bit weights for an eval/no-grad
+    # forward and unpacks them for the next training step, a lossy round trip (logits move ~3e-3),
+    # so the in-memory base would no longer equal a fresh 4-bit load. (No repacking on CUDA.)
+    keys = base_recipe(tmp_path, tiny_llama, alpaca_file, optimizer="paged_adamw_8bit", max_steps=8,
+                       val_set_size=0, eval_on_start=False, **QLORA)
+    result = run_recipe(write_recipe(tmp_path / "r.yaml", **keys))
+    model, m = result.model, result.metrics
+    assert base_layers(model) == {"Linear4bit"}
+    quantization = model.base_model.model.config.quantization_config
+    assert quantization.bnb_4bit_quant_type == "nf4" and quantization.bnb_4bit_use_double_quant
+    assert quantization.bnb_4bit_compute_dtype == torch.float32  # fp32 run on CPU
+    assert only_lora_trains(model)
+    assert m["train_loss_last"] < m["train_loss_first"]
+
+    out = result.output_dir
+    assert set(json.loads((out / "adapter_config.json").read_text())["target_modules"]) == LINEAR
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=torch.float32)
+    reloaded = reload(tiny_llama, out, config)
+    ids = sample_ids(AutoTokenizer.from_pretrained(out))
+    # same 4-bit weights (quantization is deterministic), same adapter: equal up to float rounding
+    torch.testing.assert_close(logits(reloaded, ids), logits(model, ids), rtol=0, atol=1e-5)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32, quantization_config=config)
+    assert (logits(plain, ids) - logits(reloaded, ids)).abs().max() > 1e-3  # the adapter changed the model
+
+
+def test_lora_on_an_8bit_base_trains_and_reloads_with_plain_peft(tiny_llama, alpaca_file, tmp_path):
+    from transformers import AutoTokenizer, BitsAndBytesConfig
+
+    keys = base_recipe(tmp_path, tiny_llama, alpaca_file, adapter="lora", load_in_8bit=True, lora_r=8,
+                       lora_alpha=16, lora_target_linear=True, max_steps=8)
+    result = run_recipe(write_recipe(tmp_path / "r.yaml", **keys))
+    assert base_layers(result.model) == {"Linear8bitLt"}
+    assert only_lora_trains(result.model)
+    assert result.metrics["eval_loss_final"] < result.metrics["eval_loss_initial"]
+    reloaded = reload(tiny_llama, result.output_dir, BitsAndBytesConfig(load_in_8bit=True))
+    ids = sample_ids(AutoTokenizer.from_pretrained(result.output_dir))
+    torch.testing.assert_close(logits(reloaded, ids), logits(result.model, ids), rtol=0, atol=1e-4)
+
+
+EIGHT_BIT_PLUGIN = '''
+from ftcore import hookimpl
+
+FTCORE_CONTRACT = "1"
+ASKED = []
+
+
+@hookimpl
+def quantization_config(recipe):
+    from transformers import BitsAndBytesConfig
+
+    ASKED.append(recipe.base_model)
+    return BitsAndBytesConfig(load_in_8bit=True)
+'''
+
+
+def test_a_third_party_quantization_plugin_is_used_instead_of_the_builtin(tiny_llama, alpaca_file, tmp_path,
+                                                                          monkeypatch):
+    (tmp_path / "eight_bit_plugin.py").write_text(EIGHT_BIT_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    keys = base_recipe(tmp_path, tiny_llama, alpaca_file, max_steps=2, eval_on_start=False, val_set_size=0,
+                       plugins=["eight_bit_plugin"], **QLORA)
+    result = run_recipe(write_recipe(tmp_path / "r.yaml", **keys))
+    import eight_bit_plugin
+
+    assert eight_bit_plugin.ASKED == [str(tiny_llama)]
+    assert base_layers(result.model) == {"Linear8bitLt"}  # 8-bit, as the plugin said, not the built-in 4-bit
+
+
+def cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "ftcore", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("keys, key, fix", [
+    (dict(adapter="qlora"), "adapter", "needs load_in_4bit: true"),
+    (dict(adapter="qlora", load_in_8bit=True), "adapter", "adapter: lora with load_in_8bit: true"),
+    (dict(load_in_4bit=True), "load_in_4bit", "adapter: qlora"),
+    (dict(load_in_8bit=True), "load_in_8bit", "adapter: lora"),
+    (dict(adapter="qlora", load_in_4bit=True, load_in_8bit=True), "load_in_8bit", "choose one"),
+    (dict(adapter="lora", bnb_config_kwargs={"llm_int8_threshold": 5.0}), "bnb_config_kwargs", "load_in_8bit"),
+])
+def test_quantization_rules_exit_2_with_the_fix(keys, key, fix, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", alpaca_rows(4))
+    recipe = write_recipe(tmp_path / "r.yaml", base_model="org/model", datasets=[{"path": str(data), "type": "alpaca"}],
+                          **keys)
+    result = cli("validate", recipe, cwd=tmp_path)
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    line = next((line for line in result.stderr.splitlines() if key in line and fix in line), None)
+    assert line, result.stderr
+
+
+def test_valid_quantized_recipes_pass(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", alpaca_rows(4))
+    for keys in (QLORA, dict(adapter="lora", load_in_8bit=True), dict(adapter="lora", load_in_4bit=True)):
+        recipe = write_recipe(tmp_path / "r.yaml", base_model="org/model",
+                              datasets=[{"path": str(data), "type": "alpaca"}], **keys)
+        result = cli("validate", recipe, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+
+
+def test_an_optimizer_that_cannot_run_here_stops_before_the_model_loads(tiny_llama, alpaca_file, tmp_path,
+                                                                        monkeypatch):
+    from ftcore.errors import FtcoreError
+    from ftcore.plugins import huggingface
+
+    def no_loading(recipe, quantization_config):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(huggingface.load_model, "__code__", no_loading.__code__)
+    if torch.cuda.is_available():
+        pytest.skip("paged AdEMAMix runs on CUDA")
+    # bitsandbytes 0.50 has no CPU implementation of paged AdEMAMix (the paged AdamW/Lion fall back)
+    keys = base_recipe(tmp_path, tiny_llama, alpaca_file, optimizer="paged_ademamix_8bit", **QLORA)
+    with pytest.raises(FtcoreError) as err:
+        run_recipe(write_recipe(tmp_path / "r.yaml", **keys))
+    message = str(err.value)
+    assert message.startswith("optimizer: paged_ademamix_8bit cannot run on this machine (CPU only")
+    assert "use optimizer: ademamix_8bit" in message and "adamw_torch" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_optimizer_whose_package_is_missing_is_named_with_the_alternative():
+    from ftcore.errors import FtcoreError
+    from ftcore.recipe.schema import Recipe
+    from ftcore.train import check_optimizer
+
+    with pytest.raises(FtcoreError, match=r"optimizer: lomo cannot run .*install.*use optimizer: adamw_torch"):
+        check_optimizer(Recipe(base_model="m", optimizer="lomo"), cuda=False)
+    check_optimizer(Recipe(base_model="m", optimizer="adamw_bnb_8bit"), cuda=False)  # 8-bit states work on CPU
+
+
+@pytest.mark.slow
+def test_shipped_qlora_recipe_runs_on_a_tiny_model(tiny_llama, tmp_path):
+    """The issue's check: recipes/llama31-qlora.yaml with base model and data swapped for tiny local ones."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    data = write_jsonl(tmp_path / "data.jsonl", alpaca_rows(40))
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "ftcore", "run", str(REPO / "recipes" / "llama31-qlora.yaml"),
+         f"base_model={tiny_llama}", f"datasets=[{{path: {data}, type: alpaca}}]", "max_steps=3",
+         "optimizer=adamw_torch", "attn_implementation=sdpa", f"output_dir={out}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "run.json").read_text())["status"] == "completed"
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32, quantization_config=config)
+    model = PeftModel.from_pretrained(base, out)
+    assert base_layers(model) == {"Linear4bit"}
