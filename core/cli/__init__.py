@@ -21,7 +21,7 @@ def _recipe_arguments(parser):
 
 
 def build_parser(plugins=None) -> argparse.ArgumentParser:
-    from ftcore.cli import plugins_command, preprocess, run, validate
+    from ftcore.cli import merge, plugins_command, preprocess, run, validate
 
     parser = argparse.ArgumentParser(
         prog="ftcore", description="Fine-tune large language models from one YAML recipe.",
@@ -31,7 +31,7 @@ def build_parser(plugins=None) -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    for module in (run, validate, preprocess, plugins_command):
+    for module in (run, validate, preprocess, merge, plugins_command):
         p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
         if module.TAKES_RECIPE:
