@@ -65,12 +65,16 @@ def write_recipe(recipe, path: Path) -> None:
     )
 
 
-def _versions() -> dict:
+RUN_PACKAGES = ("ftcore", "torch", "transformers", "peft", "accelerate", "datasets", "bitsandbytes",
+                "deepspeed", "tokenizers", "pluggy", "pydantic", "omegaconf")
+
+
+def installed_versions(names=RUN_PACKAGES) -> dict:
+    """``{package: version}`` for those of ``names`` that are installed."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for name in ("ftcore", "torch", "transformers", "peft", "accelerate", "datasets", "bitsandbytes",
-                 "deepspeed", "tokenizers", "pluggy", "pydantic", "omegaconf"):
+    for name in names:
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -89,7 +93,7 @@ class Manifest:
             "finished": None,
             "base_model": recipe.base_model,
             "adapter": recipe.adapter,
-            "versions": _versions(),
+            "versions": installed_versions(),
             "plugins": [
                 {"name": i.name, "module": i.module, "package": i.package, "version": i.version, "source": i.source}
                 for i in plugins.info.values()

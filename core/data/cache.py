@@ -53,6 +53,7 @@ from pathlib import Path
 
 from ftcore.data.formats import resolve_format
 from ftcore.data.prepare import PreparedData, Tokenized, prepare_datasets, split, tokenize_datasets
+from ftcore.artifacts import installed_versions
 from ftcore.data.read import Source, file_sha256, local_files
 
 # Bump when a change to the data path changes the examples it produces for the same
@@ -100,7 +101,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
         "added_tokens": {str(i): repr(t) for i, t in sorted(getattr(tokenizer, "added_tokens_decoder", {}).items())},
         "add_bos_token": getattr(tokenizer, "add_bos_token", None),
         "add_eos_token": getattr(tokenizer, "add_eos_token", None),
-        "libraries": _versions("tokenizers", "transformers"),
+        "libraries": installed_versions(("tokenizers", "transformers")),
     }
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
@@ -181,18 +182,6 @@ def _module_sha256(name: str) -> str | None:
         return _sha256_bytes(Path(find_spec(name).origin).read_bytes())
     except (AttributeError, TypeError, OSError, ImportError):
         return None
-
-
-def _versions(*names) -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in names:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def _plain(value):
