@@ -31,24 +31,20 @@ def check_optimizer(recipe, cuda: bool) -> None:
     reach bitsandbytes' 8-bit and paged code paths. On CPU, bitsandbytes 0.50 falls back from paged
     to ordinary states for AdamW and Lion, but paged AdEMAMix has no CPU implementation.
     """
-    import dataclasses
-
     import torch
     from transformers import Trainer, TrainingArguments
 
     from ftcore.errors import FtcoreError
 
-    args = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            for f in dataclasses.fields(TrainingArguments)
-            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
-    args.update(optim=recipe.optimizer, learning_rate=recipe.learning_rate, weight_decay=recipe.weight_decay)
+    args = {"optim": recipe.optimizer, "learning_rate": recipe.learning_rate, "weight_decay": recipe.weight_decay}
     for key in ("adam_beta1", "adam_beta2", "adam_epsilon"):
         if getattr(recipe, key) is not None:
             args[key] = getattr(recipe, key)
     device = "cuda" if cuda else "cpu"
     probe = torch.nn.Linear(512, 256, bias=False, device=device)
     try:
-        cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(type("Arguments", (), args)(), probe)
+        arguments = TrainingArguments(output_dir="unused", report_to=[], **args)
+        cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(arguments, probe)
         if cls.__module__.split(".")[0] in ("torch", "bitsandbytes"):  # others may need the real model
             optimizer = cls(probe.parameters(), **kwargs)
             probe(torch.ones(2, 512, device=device)).sum().backward()
