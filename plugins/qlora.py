@@ -91,6 +91,14 @@ def prepare_model(recipe, model, tokenizer):
     for module in model.modules():  # RMSNorm / LayerNorm: small, and precision-sensitive in 16 bits
         if "norm" in type(module).__name__.lower():
             module.to(torch.float32)
+    if not torch.cuda.is_available():
+        # On CPU, bitsandbytes repacks a 4-bit layer's weight for its own kernel at the first forward
+        # without gradients (an evaluation) and unpacks it at the next training step. The round trip
+        # moves the weights (logits by ~3e-3) and breaks layers with a bias (Qwen2's q/k/v: "a view of a
+        # leaf Variable ... in-place"). Keeping the unpacked format makes evaluation use the training path.
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
     # the embeddings' output needs a gradient so checkpointed layers above it are differentiated
     model.enable_input_require_grads()
     if recipe.gradient_checkpointing:

@@ -14,6 +14,7 @@ import torch
 
 from conftest import alpaca_rows, write_jsonl, write_recipe
 from test_run import REPO, base_recipe, logits, run_recipe, sample_ids
+from ftcore.artifacts import read_metrics
 
 QLORA = dict(adapter="qlora", load_in_4bit=True, lora_r=8, lora_alpha=16, lora_target_linear=True)
 LINEAR = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
@@ -43,11 +44,11 @@ def test_qlora_trains_lora_on_a_4bit_base_and_the_adapter_reloads_with_plain_pef
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     # paged_adamw_8bit: on CPU bitsandbytes falls back to ordinary 8-bit states, so it runs here.
-    # No evaluation during this run: on CPU, bitsandbytes repacks 4-bit weights for an eval/no-grad
-    # forward and unpacks them for the next training step, a lossy round trip (logits move ~3e-3),
-    # so the in-memory base would no longer equal a fresh 4-bit load. (No repacking on CUDA.)
+    # Evaluations before, during and after training: on CPU, bitsandbytes would repack the 4-bit weights
+    # for an eval forward and unpack them for the next step, a lossy round trip (qlora.prepare_model
+    # stops that), so the in-memory base must still equal a fresh 4-bit load at the end.
     keys = base_recipe(tmp_path, tiny_llama, alpaca_file, optimizer="paged_adamw_8bit", max_steps=8,
-                       val_set_size=0, eval_on_start=False, **QLORA)
+                       eval_steps=4, **QLORA)
     result = run_recipe(write_recipe(tmp_path / "r.yaml", **keys))
     model, m = result.model, result.metrics
     assert base_layers(model) == {"Linear4bit"}
@@ -55,15 +56,19 @@ def test_qlora_trains_lora_on_a_4bit_base_and_the_adapter_reloads_with_plain_pef
     assert quantization.bnb_4bit_quant_type == "nf4" and quantization.bnb_4bit_use_double_quant
     assert quantization.bnb_4bit_compute_dtype == torch.float32  # fp32 run on CPU
     assert only_lora_trains(model)
-    assert m["train_loss_last"] < m["train_loss_first"]
+    assert m["train_loss_last"] < m["train_loss_first"] and m["eval_loss_final"] < m["eval_loss_initial"]
+    assert [r["step"] for r in read_metrics(result.output_dir) if "eval_loss" in r] == [0, 4, 8]
 
     out = result.output_dir
     assert set(json.loads((out / "adapter_config.json").read_text())["target_modules"]) == LINEAR
     config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                 bnb_4bit_compute_dtype=torch.float32)
     reloaded = reload(tiny_llama, out, config)
+    for module in reloaded.modules():  # the kernel the trained model evaluates with (see qlora.prepare_model);
+        if hasattr(module, "support_avx512bf16_for_cpu"):  # bitsandbytes' packed CPU kernel rounds differently
+            module.support_avx512bf16_for_cpu = False
     ids = sample_ids(AutoTokenizer.from_pretrained(out))
-    # same 4-bit weights (quantization is deterministic), same adapter: equal up to float rounding
+    # same 4-bit weights (quantization is deterministic, and evaluations left them alone), same adapter
     torch.testing.assert_close(logits(reloaded, ids), logits(model, ids), rtol=0, atol=1e-5)
     plain = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32, quantization_config=config)
     assert (logits(plain, ids) - logits(reloaded, ids)).abs().max() > 1e-3  # the adapter changed the model
