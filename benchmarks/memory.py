@@ -141,7 +141,7 @@ def weight_bytes(model):
     return q_bytes, q_params, other
 
 
-def child(shape: str, mode: str, steps: int, seq: int, checkpointing: bool) -> dict:
+def child(shape: str, mode: str, steps: int, seq: int, checkpointing: bool, loss_kind: str, optimizer: str) -> dict:
     import bitsandbytes  # noqa: F401
     import peft
     import torch
@@ -165,33 +165,54 @@ def child(shape: str, mode: str, steps: int, seq: int, checkpointing: bool) -> d
     trainable = [p for p in model.parameters() if p.requires_grad]
     built = status_kib("VmRSS")
     log(f"  {shape} {mode}: built in {time.time() - start:.0f}s, rss {(built - idle) / 2**20:.2f} GiB above idle")
-    optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+    if optimizer == "adamw_8bit":  # bitsandbytes' 8-bit AdamW: the states of paged_adamw_8bit, without paging
+        import bitsandbytes as bnb
+
+        optimizer = bnb.optim.AdamW8bit(trainable, lr=1e-4)
+    else:
+        optimizer = torch.optim.AdamW(trainable, lr=1e-4)
     vocab = model.config.vocab_size
+    chunked = None
+    if loss_kind == "chunked":  # what `chunked_cross_entropy: true` does in ftcore's trainer
+        from ftcore.chunked_loss import ChunkedLoss
+
+        chunked = ChunkedLoss(model, num_chunks=8)
     losses = []
     for step in range(steps):
         t = time.time()
         ids = torch.randint(0, vocab, (1, seq), generator=torch.Generator().manual_seed(step))
-        loss = model(input_ids=ids, labels=ids).loss
+        if chunked is None:
+            loss = model(input_ids=ids, labels=ids).loss
+        else:
+            with chunked.hidden_states():
+                outputs = model(input_ids=ids)
+            loss = chunked(outputs, ids)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
         log(f"  {shape} {mode}: step {step + 1}/{steps} loss {loss.item():.3f} in {time.time() - t:.0f}s")
     peak = status_kib("VmHWM")
-    return {"shape": shape, "mode": mode, "idle_kib": idle, "built_kib": built - idle, "peak_kib": peak - idle,
+    return {"shape": shape, "mode": mode, "optimizer": type(optimizer).__name__, "idle_kib": idle, "built_kib": built - idle, "peak_kib": peak - idle,
             "q_bytes": q_bytes, "q_params": q_params, "other_weight_bytes": other, "params": total_params,
             "trainable": sum(p.numel() for p in trainable), "losses": losses, "seconds": time.time() - start}
 
 
 # ---------------------------------------------------------------- parent: table
 
-def run_child(shape, mode, args) -> dict:
+def run_child(shape, mode, optimizer, args) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", shape, mode, "--steps", str(args.steps),
-           "--seq", str(args.seq)] + ([] if args.checkpointing else ["--no-checkpointing"])
+           "--seq", str(args.seq), "--loss", args.loss, "--optimizers", optimizer] + ([] if args.checkpointing else ["--no-checkpointing"])
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count()))}
+    if args.allocator == "mmap":
+        # glibc serves blocks below its (self-raising) mmap threshold from heaps it rarely gives back, so a
+        # CPU process's RSS creeps up step after step with memory no tensor holds. A fixed threshold maps
+        # every block of 128 KiB or more on its own and unmaps it when freed: RSS then follows live memory,
+        # as a GPU's allocated bytes do.
+        env["MALLOC_MMAP_THRESHOLD_"] = "131072"
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
     if proc.returncode != 0:
-        raise SystemExit(f"child {shape} {mode} failed with exit code {proc.returncode}")
+        raise SystemExit(f"child {shape} {mode} {optimizer} failed with exit code {proc.returncode}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -205,40 +226,55 @@ def main():
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
+    parser.add_argument("--loss", choices=("chunked", "full"), default="chunked",
+                        help="chunked: ftcore's chunked_cross_entropy (as the shipped recipes); full: the model's "
+                             "own loss over the whole logits tensor")
+    parser.add_argument("--optimizers", default="adamw_torch,adamw_8bit",
+                        help="comma-separated: adamw_torch (fp32 states), adamw_8bit (bitsandbytes 8-bit states, as "
+                             "the shipped QLoRA recipe's paged_adamw_8bit)")
+    parser.add_argument("--allocator", choices=("mmap", "glibc"), default="mmap",
+                        help="mmap: large blocks returned to the system when freed (RSS follows live memory); "
+                             "glibc: the C library's default heuristics")
     parser.add_argument("--json", metavar="FILE", help="also write the raw results here")
     parser.add_argument("--table-from", metavar="FILE", help="print the table from an earlier --json file")
     parser.add_argument("--child", nargs=2, metavar=("SHAPE", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(*args.child, args.steps, args.seq, args.checkpointing)))
+        print(json.dumps(child(*args.child, args.steps, args.seq, args.checkpointing, args.loss, args.optimizers)))
         return
 
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
     for s in shapes:
         if s not in SHAPES:
             parser.error(f"unknown shape {s!r}; choose from {', '.join(SHAPES)}")
+    for o in optimizers:
+        if o not in ("adamw_torch", "adamw_8bit"):
+            parser.error(f"unknown optimizer {o!r}; choose from adamw_torch, adamw_8bit")
+    settings = [(shape, o) for shape in shapes for o in optimizers]
     results = {}
     if args.table_from:  # re-print the table from a --json file of an earlier run
         with open(args.table_from) as fh:
             for row in json.load(fh):
-                results[(row["shape"], "lora")], results[(row["shape"], "qlora")] = row["lora"], row["qlora"]
-        shapes = [s for s in shapes if (s, "lora") in results]
-    for shape in shapes:
+                for mode in ("lora", "qlora"):
+                    results[(row["shape"], row["optimizer"], mode)] = row[mode]
+        settings = [s for s in settings if (*s, "lora") in results]
+    for shape, optimizer in settings:
         for mode in ("lora", "qlora"):
-            if (shape, mode) not in results:
-                log(f"{shape} {mode}: starting")
-                results[(shape, mode)] = run_child(shape, mode, args)
+            if (shape, optimizer, mode) not in results:
+                log(f"{shape} {optimizer} {mode}: starting")
+                results[(shape, optimizer, mode)] = run_child(shape, mode, optimizer, args)
 
     print(f"\nLlama 3.2 shapes, random weights, sequence {args.seq}, micro batch 1, {args.steps} steps, "
           f"LoRA r=16 on all decoder linears, gradient checkpointing {'on' if args.checkpointing else 'off'}, "
-          f"CPU (RSS above the idle interpreter)\n")
-    head = ("| shape | params | LoRA peak GiB | QLoRA peak GiB | QLoRA/LoRA | weights predict | "
+          f"{args.loss} loss, {args.allocator} allocator, CPU (RSS above the idle interpreter)\n")
+    head = ("| shape | optimizer | params | LoRA peak GiB | QLoRA peak GiB | QLoRA/LoRA | weights predict | "
             "+ activations predict | measured / predicted | 4-bit bytes/param |")
     print(head)
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     rows = []
-    for shape in shapes:
-        lo, q = results[(shape, "lora")], results[(shape, "qlora")]
+    for shape, optimizer in settings:
+        lo, q = results[(shape, optimizer, "lora")], results[(shape, optimizer, "qlora")]
         lora_weights = lo["params"] * 2  # every weight in bf16 (tied embeddings counted once)
         bpp = q["q_bytes"] / q["q_params"]
         qlora_weights = q["q_bytes"] + (lo["params"] - q["q_params"]) * 2  # 4-bit linears + bf16 rest
@@ -246,23 +282,23 @@ def main():
         overhead = lo["peak_kib"] * 1024 - lora_weights  # activations, adapter + optimizer, runtime
         predict_act = (qlora_weights + overhead) / (lora_weights + overhead)
         ratio = q["peak_kib"] / lo["peak_kib"]
-        row = dict(shape=shape, params=lo["params"], lora_peak_gib=gib(lo["peak_kib"]),
+        row = dict(shape=shape, optimizer=optimizer, params=lo["params"], lora_peak_gib=gib(lo["peak_kib"]),
                    qlora_peak_gib=gib(q["peak_kib"]), ratio=ratio, predicted_weights=predict,
                    predicted_with_activations=predict_act, bytes_per_param=bpp,
                    lora_weights_gib=lora_weights / 2**30, qlora_weights_gib=qlora_weights / 2**30,
                    overhead_gib=overhead / 2**30, lora=lo, qlora=q)
         rows.append(row)
-        print(f"| {shape} | {lo['params'] / 1e9:.2f} B | {row['lora_peak_gib']:.2f} | {row['qlora_peak_gib']:.2f} | "
+        print(f"| {shape} | {optimizer} | {lo['params'] / 1e9:.2f} B | {row['lora_peak_gib']:.2f} | {row['qlora_peak_gib']:.2f} | "
               f"{ratio:.3f} | {predict:.3f} | {predict_act:.3f} | {ratio / predict_act:.3f} | {bpp:.3f} |")
     print()
     for row in rows:
-        print(f"{row['shape']}: weights {row['lora_weights_gib']:.2f} GiB (bf16) vs {row['qlora_weights_gib']:.2f} GiB "
+        print(f"{row['shape']} {row['optimizer']}: weights {row['lora_weights_gib']:.2f} GiB (bf16) vs {row['qlora_weights_gib']:.2f} GiB "
               f"(4-bit linears + bf16 embeddings/norms); non-weight memory in the LoRA run "
               f"{row['overhead_gib']:.2f} GiB")
         if row["shape"] == "3b":
             ok1 = row["ratio"] <= 0.40
             ok2 = abs(row["ratio"] / row["predicted_with_activations"] - 1) <= 0.10
-            print(f"3b targets: QLoRA/LoRA {row['ratio']:.3f} <= 0.40: {'met' if ok1 else 'NOT met'}; "
+            print(f"3b {row['optimizer']} targets: QLoRA/LoRA {row['ratio']:.3f} <= 0.40: {'met' if ok1 else 'NOT met'}; "
                   f"within 10% of the prediction with activations: {'met' if ok2 else 'NOT met'}")
     if args.json:
         with open(args.json, "w") as fh:

@@ -169,7 +169,26 @@ def build_trainer(recipe, model, tokenizer, data, collator, arguments: dict, cal
 
     from ftcore.evaluation import EvalContext, run_evaluators
 
+    chunked = None
+    if recipe.chunked_cross_entropy:
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        from ftcore.chunked_loss import ChunkedLoss
+        from ftcore.errors import FtcoreError
+
+        if is_deepspeed_zero3_enabled() or recipe.fsdp or recipe.fsdp_config:
+            # the chunks call the head's weights directly, which ZeRO-3 and FSDP keep sharded outside its forward
+            raise FtcoreError("chunked_cross_entropy does not work with DeepSpeed ZeRO-3 or FSDP yet; remove it, "
+                              "or use ZeRO-1/2 or DDP")
+        chunked = ChunkedLoss(model, recipe.chunked_cross_entropy_num_chunks)
+
     class FtcoreTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if chunked is None:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            with chunked.hidden_states():  # the head is bypassed for this forward; chunked() scores the loss
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             ctx = EvalContext(model=self.model, tokenizer=tokenizer, recipe=recipe,
                               dataset=eval_dataset if eval_dataset is not None else self.eval_dataset,
@@ -194,4 +213,5 @@ def build_trainer(recipe, model, tokenizer, data, collator, arguments: dict, cal
         eval_dataset=data.eval or None,
         processing_class=tokenizer,
         callbacks=callbacks,
+        compute_loss_func=chunked,
     )

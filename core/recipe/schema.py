@@ -162,6 +162,9 @@ class Recipe(_Strict):
     tf32: bool | None = None
     gradient_checkpointing: bool | None = False
     gradient_checkpointing_kwargs: dict[str, Any] | None = None
+    chunked_cross_entropy: bool = Field(False, description="score the loss a chunk of positions at a time, never "
+                                                           "holding the whole vocabulary x sequence logits")
+    chunked_cross_entropy_num_chunks: int = Field(8, ge=1, description="chunks for chunked_cross_entropy")
     seed: int = 42
 
     # ── outputs, logging, checkpoints ──
@@ -233,6 +236,9 @@ class Recipe(_Strict):
             want = {"flash_attention": "flash_attention_2", "sdp_attention": "sdpa", "eager_attention": "eager"}[chosen[0]]
             if want != self.attn_implementation:
                 problems.append((chosen[0], f"contradicts attn_implementation: {self.attn_implementation}"))
+        if self.chunked_cross_entropy and (self.fsdp or self.fsdp_config or self.deepspeed in ("zero3", "zero3_offload")):
+            problems.append(("chunked_cross_entropy", "does not work with DeepSpeed ZeRO-3 or FSDP yet; remove it, "
+                                                      "or use ZeRO-1/2 or DDP"))
         if self.val_set_size >= 1 and self.val_set_size != int(self.val_set_size):
             problems.append(("val_set_size", "must be a fraction below 1 or a whole number of rows"))
         if self.val_set_size and self.test_datasets:
