@@ -22,7 +22,9 @@ from ftcore.data.cache import load_or_prepare
 from ftcore.data.prepare import set_chat_template
 from ftcore.device import describe, precision
 from ftcore.errors import FtcoreError
-from ftcore.train import accumulation_steps, build_trainer, check_optimizer, training_arguments, wandb_environment
+from ftcore.launch import start_process_group
+from ftcore.train import (accumulation_steps, build_trainer, check_optimizer, make_arguments, training_arguments,
+                          wandb_environment)
 
 
 # bitsandbytes warns on CPU that an optional kernel package (which would download
@@ -43,6 +45,7 @@ def run(recipe, plugins, overwrite: bool = False) -> RunResult:
     output_dir = Path(recipe.output_dir)
     check_output_dir(output_dir, overwrite, resume=recipe.resume_from_checkpoint)
     plugin_arguments = hooks.trainer_arguments(plugins, recipe)  # fails fast on deepspeed/fsdp without a plugin
+    start_process_group(recipe)  # under a launcher: join the other processes (ddp_timeout)
     if recipe.wandb_project and importlib.util.find_spec("wandb") is None:
         raise FtcoreError("wandb_project is set, but wandb is not installed: pip install wandb, or remove wandb_project")
     dtype = precision(recipe)
@@ -58,6 +61,11 @@ def run(recipe, plugins, overwrite: bool = False) -> RunResult:
         print(packing.describe(data.stats["packing"]))
 
     quantization = hooks.quantization_config(plugins, recipe)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by every launcher (ftcore run --nproc, torchrun, ...)
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    # before the model: starts the process group, and under ZeRO-3 the weights load partitioned
+    arguments = make_arguments(training_arguments(recipe, output_dir, len(data.train), bool(data.eval), dtype,
+                                                  plugin_arguments, world_size, cuda=hardware["cuda"]))
     _seed(recipe.seed)
     model = hooks.load_model(plugins, recipe, quantization)
     if "packing" in data.stats:
@@ -68,18 +76,18 @@ def run(recipe, plugins, overwrite: bool = False) -> RunResult:
 
     registered = hooks.evaluators(plugins)
     evaluators = {name: registered[name][0] for name in recipe.evaluators} if data.eval else {}
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    arguments = training_arguments(recipe, output_dir, len(data.train), bool(data.eval), dtype,
-                                   plugin_arguments, world_size, cuda=hardware["cuda"])
     os.environ.update(wandb_environment(recipe))
     _report_plan(recipe, dtype, world_size)
 
     callbacks = [metrics_callback(output_dir), *hooks.trainer_callbacks(plugins, recipe)]
     trainer = build_trainer(recipe, model, tokenizer, data, collator, arguments, callbacks, evaluators)
 
-    clear_output_dir(output_dir, overwrite, resume=bool(recipe.resume_from_checkpoint))
-    write_recipe(recipe, output_dir)
-    manifest = Manifest(output_dir, recipe, plugins, data, hardware, {"precision": dtype})
+    manifest = None
+    if main_process:  # one writer; the other ranks write only their shards of a checkpoint
+        clear_output_dir(output_dir, overwrite, resume=bool(recipe.resume_from_checkpoint))
+        write_recipe(recipe, output_dir)
+        manifest = Manifest(output_dir, recipe, plugins, data, hardware,
+                            {"precision": dtype, "world_size": world_size})
 
     status, metrics = "failed", {}
     try:
@@ -97,7 +105,7 @@ def run(recipe, plugins, overwrite: bool = False) -> RunResult:
             trainer.save_model(str(output_dir))  # every rank: ZeRO-3/FSDP gather here; rank 0 writes
             if main_process:
                 files = hooks.save_artifacts(plugins, recipe, trainer.model, tokenizer, output_dir)
-        if main_process:
+        if main_process and manifest is not None:
             records = read_metrics(output_dir)
             files.append(plot_loss(output_dir, records) or "")
             metrics = summarize(records)

@@ -31,6 +31,8 @@ def check_optimizer(recipe, cuda: bool) -> None:
     reach bitsandbytes' 8-bit and paged code paths. On CPU, bitsandbytes 0.50 falls back from paged
     to ordinary states for AdamW and Lion, but paged AdEMAMix has no CPU implementation.
     """
+    import os
+
     import torch
     from transformers import Trainer, TrainingArguments
 
@@ -43,7 +45,9 @@ def check_optimizer(recipe, cuda: bool) -> None:
     device = "cuda" if cuda else "cpu"
     probe = torch.nn.Linear(512, 256, bias=False, device=device)
     try:
-        arguments = TrainingArguments(output_dir="unused", report_to=[], **args)
+        # several launched CPU processes: read them as one gloo group, as training_arguments does
+        several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        arguments = TrainingArguments(output_dir="unused", report_to=[], use_cpu=several and not cuda, **args)
         cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(arguments, probe)
         if cls.__module__.split(".")[0] in ("torch", "bitsandbytes"):  # others may need the real model
             optimizer = cls(probe.parameters(), **kwargs)
@@ -107,6 +111,8 @@ def training_arguments(recipe, output_dir, n_train: int, has_eval: bool, precisi
         "dataloader_num_workers": 0,
         "dataloader_pin_memory": cuda,
     }
+    if world_size > 1 and not cuda and not plugin_arguments.get("deepspeed"):
+        args["use_cpu"] = True  # several CPU processes: accelerate's gloo process group (DeepSpeed picks its own)
     if recipe.tf32 and cuda:
         args["tf32"] = True  # TF32 matmuls exist on NVIDIA Ampere and newer only; ignored elsewhere
     elif recipe.tf32 is False and cuda:
@@ -161,11 +167,32 @@ def wandb_environment(recipe) -> dict:
     return env
 
 
-def build_trainer(recipe, model, tokenizer, data, collator, arguments: dict, callbacks, evaluators):
-    """A ``transformers.Trainer`` whose evaluation runs the recipe's evaluators."""
+def make_arguments(arguments: dict):
+    """``TrainingArguments`` from :func:`training_arguments`' dict.
+
+    ``core/run.py`` makes them before the model loads: that starts the process group
+    (``ddp_timeout`` applies), pins each process to its GPU, and under ZeRO-3 lets
+    ``from_pretrained`` load the weights already partitioned.
+    """
     import inspect
 
-    from transformers import Trainer, TrainingArguments
+    from transformers import TrainingArguments
+
+    arguments = dict(arguments)
+    if "activation_checkpointing" in inspect.signature(TrainingArguments).parameters:
+        for old, new in (("gradient_checkpointing", "activation_checkpointing"),
+                         ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
+            if old in arguments:  # transformers 5 renamed these
+                arguments[new] = arguments.pop(old)
+    return TrainingArguments(**arguments)
+
+
+def build_trainer(recipe, model, tokenizer, data, collator, arguments, callbacks, evaluators):
+    """A ``transformers.Trainer`` whose evaluation runs the recipe's evaluators.
+
+    ``arguments``: ``TrainingArguments``, or the dict :func:`training_arguments` returns.
+    """
+    from transformers import Trainer
 
     from ftcore.evaluation import EvalContext, run_evaluators
 
@@ -200,14 +227,9 @@ def build_trainer(recipe, model, tokenizer, data, collator, arguments: dict, cal
             self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
             return metrics
 
-    if "activation_checkpointing" in inspect.signature(TrainingArguments).parameters:
-        for old, new in (("gradient_checkpointing", "activation_checkpointing"),
-                         ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
-            if old in arguments:  # transformers 5 renamed these
-                arguments[new] = arguments.pop(old)
     return FtcoreTrainer(
         model=model,
-        args=TrainingArguments(**arguments),
+        args=make_arguments(arguments) if isinstance(arguments, dict) else arguments,
         data_collator=collator,
         train_dataset=data.train,
         eval_dataset=data.eval or None,

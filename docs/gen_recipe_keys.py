@@ -147,11 +147,15 @@ MEANINGS = {
     "evaluators": "Evaluators to run on the validation split, by registered name.",
     "resume_from_checkpoint": "`true`: resume from the last `checkpoint-*` in `output_dir`; or a checkpoint path.",
     # scale-out
-    "deepspeed": "DeepSpeed config (path or mapping). Needs a distributed plugin, not shipped yet.",
-    "fsdp": "FSDP options. Needs a distributed plugin, not shipped yet.",
-    "fsdp_config": "For the distributed plugin; no effect without it.",
-    "fsdp_version": "For the distributed plugin; no effect without it.",
-    "ddp_timeout": "Passed to `TrainingArguments`.",
+    "deepspeed": "DeepSpeed ZeRO: `zero1`, `zero2`, `zero3`, `zero3_offload` (shipped), a JSON file, or a mapping; "
+                 "see [scaling.md](scaling.md#deepspeed-zero).",
+    "fsdp": "FSDP2 options, Axolotl's list: `full_shard` or `shard_grad_op`, `auto_wrap`, `offload`; GPUs only; "
+            "see [scaling.md](scaling.md#fsdp-fsdp2-through-accelerate).",
+    "fsdp_config": "Axolotl's FSDP keys, `fsdp_` prefix optional (`offload_params`, `cpu_ram_efficient_loading`, "
+                   "`state_dict_type`, `transformer_layer_cls_to_wrap`, ...).",
+    "fsdp_version": "2 (the only one supported; FSDP1 is deprecated).",
+    "ddp_timeout": "Seconds a process waits for the others in a collective before the run stops (default 1800); "
+                   "set on the process group ftcore starts.",
     "ddp_bucket_cap_mb": "Passed to `TrainingArguments`.",
     "ddp_broadcast_buffers": "Passed to `TrainingArguments`.",
     "ddp_find_unused_parameters": "Passed to `TrainingArguments`.",

@@ -12,6 +12,7 @@ BUILTINS = {
     "huggingface": "ftcore.plugins.huggingface",  # tokenizer, model, collator via transformers
     "lora": "ftcore.plugins.lora",  # adapter: lora
     "full": "ftcore.plugins.full",  # no adapter: full fine-tuning
+    "distributed": "ftcore.plugins.distributed",  # deepspeed (ZeRO presets or JSON), fsdp / fsdp_config
     "alpaca": "ftcore.plugins.formats.alpaca",
     "completion": "ftcore.plugins.formats.completion",
     "chat_template": "ftcore.plugins.formats.chat_template",

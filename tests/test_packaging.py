@@ -20,6 +20,8 @@ def test_the_wheel_ships_recipes_and_runs_them_by_name(tmp_path):
         assert f"ftcore/recipes/{recipe.name}" in names
     assert "ftcore/recipes/quickstart/tiny-llama/model.safetensors" in names
     assert "ftcore/plugins/lora.py" in names
+    for preset in ("zero1", "zero2", "zero3", "zero3_offload"):  # deepspeed: zero3 etc. (plugins/distributed.py)
+        assert f"ftcore/recipes/deepspeed/{preset}.json" in names
 
     site = tmp_path / "site"
     installed = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),

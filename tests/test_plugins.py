@@ -397,13 +397,15 @@ def test_trainer_arguments_merge_and_a_conflict_names_both_plugins():
 
 
 @pytest.mark.parametrize("key, value", [("deepspeed", "zero2.json"), ("fsdp", ["full_shard"])])
-def test_a_scale_out_key_nobody_claims_is_a_clear_error(key, value):
+def test_a_scale_out_key_nobody_claims_is_a_clear_error(key, value, monkeypatch):
+    monkeypatch.setenv("FTCORE_DISABLE_PLUGINS", "distributed")  # the built-in that claims them
     with pytest.raises(MissingPluginError) as err:
         hooks.trainer_arguments(load_plugins(), recipe(**{key: value}))
     assert f"no plugin provides {key}" in str(err.value) and f"remove '{key}'" in str(err.value)
 
 
-def test_a_plugin_that_claims_deepspeed_satisfies_it():
+def test_a_plugin_that_claims_deepspeed_satisfies_it(monkeypatch):
+    monkeypatch.setenv("FTCORE_DISABLE_PLUGINS", "distributed")
     plugins = load_plugins()
     add(plugins, "ds", trainer_arguments=hookimpl(
         lambda recipe: {"deepspeed": recipe.deepspeed} if recipe.deepspeed else None))

@@ -8,6 +8,14 @@ TAKES_RECIPE = True
 def configure(parser):
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the run already in output_dir (refused by default)")
+    group = parser.add_argument_group("several processes (docs/scaling.md)")
+    group.add_argument("--nproc", type=int, default=1, metavar="N",
+                       help="training processes on this machine, one per GPU (default 1: no launcher)")
+    group.add_argument("--nnodes", type=int, default=1, metavar="N", help="machines taking part (default 1)")
+    group.add_argument("--node-rank", type=int, default=0, metavar="I", help="this machine's index, 0 to nnodes-1")
+    group.add_argument("--master-addr", metavar="HOST", help="address of the machine with --node-rank 0")
+    group.add_argument("--master-port", type=int, metavar="PORT",
+                       help="a free port on that machine (default: 29500; a free one on a single machine)")
 
 
 def handle(args) -> int:
@@ -23,8 +31,27 @@ def handle(args) -> int:
     problems = path_problems(recipe)
     if problems:
         raise RecipeError(problems, source=raw.source)
+    from ftcore import launch
+
+    plan = launch.Plan(args.nproc, args.nnodes, args.node_rank, args.master_addr, args.master_port,
+                       recipe.launcher or "torchrun")
+    launch.check(plan)
+    if launch.launched():  # a launcher started this process: train
+        launch.silence_other_ranks()
+    elif plan.distributed or recipe.deepspeed or recipe.fsdp:  # the engines need a process group, even of one
+        print_notes(recipe, skipped)
+        from ftcore.hooks import trainer_arguments
+
+        trainer_arguments(args.plugins, recipe)  # an engine that cannot run here fails once, not in every process
+        return launch.launch(plan, launch.child_command(args))
     print_notes(recipe, skipped)
     from ftcore.run import run  # torch and transformers load from here on
 
-    run(recipe, args.plugins, overwrite=args.overwrite)
+    try:
+        run(recipe, args.plugins, overwrite=args.overwrite)
+    except Exception as exc:
+        lost = launch.lost_contact(exc)
+        if lost and not getattr(args, "debug", False):  # another rank died or hung: one line, not a traceback
+            raise launch.LaunchError(lost) from None
+        raise
     return 0

@@ -183,6 +183,8 @@ class Recipe(_Strict):
     resume_from_checkpoint: str | bool | None = None
 
     # ── scale-out (needs a distributed plugin) ──
+    launcher: Literal["torchrun", "accelerate", "deepspeed"] | None = Field(
+        None, description="ftcore: what starts the processes of `ftcore run --nproc N` (default torchrun)")
     deepspeed: str | dict[str, Any] | None = None
     fsdp: list[str] | str | None = None
     fsdp_config: dict[str, Any] | None = None
