@@ -214,3 +214,51 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+
+
+# ── Llama 3.2 Vision: a tiny MllamaForConditionalGeneration and its processor ──
+
+
+def build_mllama(out_dir, corpus=None, vocab_size: int = 512, hidden: int = 64, layers: int = 2,
+                 image_size: int = 28, max_tiles: int = 4, seed: int = 0, dtype: str = "float32") -> Path:
+    """A tiny Llama 3.2 Vision (``MllamaForConditionalGeneration``) and its ``MllamaProcessor`` in ``out_dir``.
+
+    The tokenizer is Llama 3's with ``<|image|>``; the processor uses the PIL image
+    processor (no torchvision), ``image_size`` pixel tiles, up to ``max_tiles`` per
+    image. The last text layer is a cross-attention layer. Every language-model
+    linear layer's output size is a multiple of 32, so it quantizes on CPU.
+    """
+    import torch
+    from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaProcessor
+    from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
+
+    from ftcore.plugins.formats.templates import LLAMA3_2_VISION
+
+    out = Path(out_dir)
+    tokenizer = train_tokenizer("llama3", corpus, vocab_size)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|image|>"]})
+    tokenizer.chat_template = LLAMA3_2_VISION
+    image_token = tokenizer.convert_tokens_to_ids("<|image|>")
+    vision_hidden = 32
+    vision = dict(hidden_size=vision_hidden, attention_heads=2, num_hidden_layers=2, num_global_layers=1,
+                  intermediate_size=64, intermediate_layers_indices=[0], vision_output_dim=vision_hidden * 2,
+                  image_size=image_size, patch_size=14, max_num_tiles=max_tiles)
+    text = dict(vocab_size=-(-len(tokenizer) // 32) * 32, hidden_size=hidden, num_hidden_layers=layers + 1,
+                num_attention_heads=4, num_key_value_heads=2, intermediate_size=2 * hidden,
+                cross_attention_layers=[layers], max_position_embeddings=4096, rope_theta=500000.0,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.convert_tokens_to_ids("<|finetune_right_pad_id|>"), tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    config = MllamaConfig(vision_config=vision, text_config=text, image_token_index=image_token)
+    model = MllamaForConditionalGeneration(config)
+    with torch.no_grad():  # the tanh gates start at 0 (images unseen); a trained model's are open
+        for name, parameter in model.named_parameters():
+            if not name.endswith((".weight", ".bias")) and "gate" in name.rsplit(".", 1)[-1]:
+                parameter.fill_(1.0)
+    model.to(getattr(torch, dtype))
+    images = MllamaImageProcessorPil(size={"height": image_size, "width": image_size}, max_image_tiles=max_tiles)
+    processor = MllamaProcessor(images, tokenizer, chat_template=LLAMA3_2_VISION)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out

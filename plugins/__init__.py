@@ -9,6 +9,8 @@ BUILTINS = {
     # qlora before huggingface: prepare_model implementations run last-registered first, and
     # k-bit preparation must follow the embedding resize in huggingface's
     "qlora": "ftcore.plugins.qlora",  # adapter: qlora, load_in_4bit / load_in_8bit via bitsandbytes
+    # vision before huggingface: among trylast implementations the earlier registered is asked first
+    "vision": "ftcore.plugins.vision",  # Llama 3.2 Vision: processor, model, images, exact_match evaluator
     "huggingface": "ftcore.plugins.huggingface",  # tokenizer, model, collator via transformers
     "lora": "ftcore.plugins.lora",  # adapter: lora
     "full": "ftcore.plugins.full",  # no adapter: full fine-tuning

@@ -38,6 +38,11 @@ def load_tokenizer(recipe):
     except OSError as exc:
         key = "tokenizer_config" if recipe.tokenizer_config else "base_model"
         raise FtcoreError(f"{key}: cannot load a tokenizer from '{source}': {exc}") from exc
+    return finish_tokenizer(recipe, tokenizer)
+
+
+def finish_tokenizer(recipe, tokenizer):
+    """The recipe's added tokens and the pad-token fallback (also for a processor's tokenizer: vision.py)."""
     known = set(tokenizer.get_vocab())
     if recipe.special_tokens:
         tokenizer.add_special_tokens(dict(recipe.special_tokens))
@@ -54,12 +59,19 @@ def load_tokenizer(recipe):
 
 @hookimpl(trylast=True)
 def load_model(recipe, quantization_config):
+    from transformers import AutoModelForCausalLM
+
+    return from_pretrained(recipe, quantization_config,
+                           _transformers_class(recipe.model_type, AutoModelForCausalLM, "model_type"))
+
+
+def from_pretrained(recipe, quantization_config, cls):
+    """``cls.from_pretrained(base_model)`` with the recipe's dtype, attention and quantization."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     from ftcore.device import precision, torch_dtype
 
-    cls = _transformers_class(recipe.model_type, AutoModelForCausalLM, "model_type")
     attention = recipe.attention or "sdpa"
     if attention.startswith("flash_attention") and not torch.cuda.is_available():
         raise FtcoreError(f"attn_implementation: {attention} needs a CUDA GPU; on CPU use sdpa or eager")

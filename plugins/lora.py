@@ -2,7 +2,10 @@
 
 Target selection: ``lora_target_modules`` (names or one regex), or
 ``lora_target_linear: true`` for every linear layer except the output head,
-or peft's default for the architecture when neither is set.
+or, when neither is set, the model's ``ftcore_lora_targets`` (set by a plugin's
+``prepare_model``) or peft's default for the architecture. A model's
+``ftcore_lora_scope`` (a module-path regex, e.g. the language model of a
+vision model, vision.py) keeps listed names inside it.
 
 New tokens: when the recipe's ``special_tokens`` or ``tokens`` added tokens the
 vocabulary lacked (``model.ftcore_new_token_ids``, set by the huggingface
@@ -74,8 +77,13 @@ def lora_config(recipe, model):
 
     if recipe.lora_target_linear:
         targets = linear_layer_names(model)
-    else:
-        targets = recipe.lora_target_modules  # a list, one regex string, or None: peft's default
+    else:  # a list, one regex string, or None: the model's own default (below), else peft's
+        targets = recipe.lora_target_modules or getattr(model, "ftcore_lora_targets", None)
+    scope = getattr(model, "ftcore_lora_scope", None)  # a module path adapters stay under (vision.py)
+    if scope and isinstance(targets, list):
+        import re
+
+        targets = rf"{scope}\.(.*\.)?({'|'.join(re.escape(name) for name in targets)})"
     saved = modules_to_save(recipe, model)
     tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
     return LoraConfig(
@@ -115,7 +123,8 @@ def wrap(recipe, model):
         except ValueError as exc:
             raise FtcoreError(f"lora_target_modules: {exc}") from exc
     trainable, total = peft_model.get_nb_trainable_parameters()
+    targets = peft_model.peft_config["default"].target_modules
     print(f"{recipe.adapter}: r={recipe.lora_r} alpha={recipe.lora_alpha} on "
-          f"{sorted(peft_model.peft_config['default'].target_modules)}; "
+          f"{targets if isinstance(targets, str) else sorted(targets)}; "
           f"trainable {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)")
     return peft_model

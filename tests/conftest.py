@@ -111,3 +111,12 @@ def write_recipe(path, **keys):
     path = Path(path)
     path.write_text(yaml.safe_dump(keys, sort_keys=False), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_mllama(tmp_path_factory):
+    """A tiny Llama 3.2 Vision (MllamaForConditionalGeneration) and its processor: 28-pixel tiles, 4 tiles."""
+    from ftcore.tiny import build_mllama
+
+    return build_mllama(tmp_path_factory.mktemp("models") / "tiny-mllama", corpus(), vocab_size=512,
+                        hidden=64, layers=2)

@@ -29,6 +29,8 @@ Layout of one entry (no pickle anywhere)::
     <key>/meta.json      what the key was built from, counts, sources, file names
     <key>/examples.npz   input_ids, labels (int32, concatenated), offsets (int64),
                          origin_file (int32 index into meta.json's files), origin_row (int64)
+    <key>/images.json    only when examples carry images (vision.py): one list of image
+                         references (or null) per example
 
 An entry is written into a temporary folder and renamed into place, so a crash
 never leaves half of one; an entry that cannot be read (the zip's CRC-32 checks
@@ -60,7 +62,7 @@ from ftcore.data.read import Source, file_sha256, local_files
 # inputs in a way the source hashes below do not cover (a helper module, a library).
 CODE_VERSION = 1
 CODE_MODULES = ("ftcore.data.read", "ftcore.data.tokenize", "ftcore.data.prepare", "ftcore.data.cache",
-                "ftcore.plugins.formats")  # the last: helpers the built-in formats share
+                "ftcore.plugins.formats", "ftcore.plugins.vision")  # helpers the built-in formats share
 
 # Top-level recipe keys that change the prepared examples. Formats see the whole
 # recipe (``ctx.recipe``): a key a format reads must be listed here
@@ -279,6 +281,9 @@ def write_entry(folder: Path, key: str, parts: dict, tokenized: Tokenized, repla
         tmp = root / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         np.savez(tmp / "examples.npz", **arrays)
+        images = [e.get("images") for e in tokenized.train + tokenized.test]
+        if any(images):
+            (tmp / "images.json").write_text(json.dumps(images), encoding="utf-8")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str) + "\n", encoding="utf-8")
         if replace and folder.exists():  # a rename cannot replace a folder: move the broken one aside
             old = root / f".{folder.name}.old-{os.getpid()}"
@@ -341,6 +346,13 @@ def read_entry(folder: Path, key: str) -> Tokenized:
             ids, labels, bounds = arrays["input_ids"].tolist(), arrays["labels"].tolist(), offsets.tolist()
             examples = [{"input_ids": ids[a:b], "labels": labels[a:b]} for a, b in itertools.pairwise(bounds)]
             origins = [(files[f], r) for f, r in zip(arrays["origin_file"].tolist(), arrays["origin_row"].tolist())]
+        if (folder / "images.json").exists():  # image references (vision.py)
+            images = json.loads((folder / "images.json").read_text(encoding="utf-8"))
+            if len(images) != n:
+                raise CorruptCache("its images do not fit its examples")
+            for example, refs in zip(examples, images):
+                if refs:
+                    example["images"] = refs
         sources = [Source(s["path"], s["sha256"], s["revision"], s["rows"]) for s in meta["sources"]]
         return Tokenized(examples[:n_train], examples[n_train:], origins, sources, meta["counts"])
     except CorruptCache:

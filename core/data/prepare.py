@@ -73,19 +73,27 @@ def _progress(rows, total, description):
 
 
 def format_row(row, spec, function, ctx) -> dict:
-    """One row -> ``{"input_ids", "labels"}`` through its format."""
+    """One row -> ``{"input_ids", "labels"}`` through its format (and ``images``, when it gives them)."""
     result = function(row, spec, ctx)
     if isinstance(result, dict):
         if "input_ids" not in result or "labels" not in result:
             raise TypeError("a format returning a dict must give input_ids and labels")
         if len(result["input_ids"]) != len(result["labels"]):
             raise TypeError("input_ids and labels differ in length")
-        return {"input_ids": list(result["input_ids"]), "labels": list(result["labels"])}
+        example = {"input_ids": list(result["input_ids"]), "labels": list(result["labels"])}
+        if result.get("images"):  # image references (vision.py), loaded only when batches are built
+            example["images"] = list(result["images"])
+        return example
     return tokenize_segments(result, ctx.tokenizer)
 
 
-def format_one(row, spec, function, ctx):
-    """One read row -> an example, or the ``RowError`` that makes it a bad row."""
+def format_one(row, spec, function, ctx, origin=(None, None)):
+    """One read row -> an example, or the ``RowError`` that makes it a bad row.
+
+    While the row is formatted, ``ctx.extras["file"]`` and ``ctx.extras["row"]`` are its origin (a
+    format resolves paths in the row, such as images, against the file: vision.py).
+    """
+    ctx.extras["file"], ctx.extras["row"] = origin
     try:
         if isinstance(row, RowProblem):
             raise RowError(row.message, row.reason)
@@ -155,7 +163,7 @@ def _add(example, origin, recipe, counts, out, origins) -> bool:
         if recipe.excess_length_strategy == "drop":
             counts.dropped[f"longer than sequence_len ({recipe.sequence_len})"] += 1
             return False
-        example = {k: v[: recipe.sequence_len] for k, v in example.items()}
+        example = {k: v[: recipe.sequence_len] if k in ("input_ids", "labels") else v for k, v in example.items()}
     trained = sum(1 for label in example["labels"][1:] if label != IGNORE_INDEX)
     if trained == 0:
         counts.dropped["no trained tokens"] += 1
@@ -184,7 +192,7 @@ _WORK: dict = {}
 def _formatted(rows, spec, function, ctx, processes):
     """Each row formatted and tokenized (an example or a ``RowError``), in row order."""
     if processes <= 1 or len(rows) < max(PARALLEL_MIN_ROWS, 2):
-        return (format_one(row, spec, function, ctx) for _origin, row in rows)  # a generator too: same .close()
+        return (format_one(row, spec, function, ctx, origin) for origin, row in rows)  # a generator too: same .close()
     return _parallel(rows, spec, function, ctx, processes)
 
 
@@ -192,13 +200,16 @@ def _parallel(rows, spec, function, ctx, processes):
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     chunks = [(i, min(i + CHUNK_ROWS, len(rows))) for i in range(0, len(rows), CHUNK_ROWS)]
     with multiprocessing.get_context(method).Pool(min(processes, len(chunks)), initializer=_start_worker,
-                                                  initargs=([row for _origin, row in rows], spec, function, ctx)) as pool:
+                                                  initargs=(rows, spec, function, ctx)) as pool:
         for chunk in pool.imap(_work_on, chunks):
-            for first, second in chunk:
+            for first, second, images in chunk:
                 if isinstance(first, str):
                     yield RowError(first, second)
                 else:
-                    yield {"input_ids": first.tolist(), "labels": second.tolist()}
+                    example = {"input_ids": first.tolist(), "labels": second.tolist()}
+                    if images:
+                        example["images"] = images
+                    yield example
 
 
 def _start_worker(rows, spec, function, ctx):
@@ -210,12 +221,12 @@ def _work_on(chunk):
 
     start, end = chunk
     out = []
-    for row in _WORK["rows"][start:end]:
-        example = format_one(row, _WORK["spec"], _WORK["function"], _WORK["ctx"])
+    for origin, row in _WORK["rows"][start:end]:
+        example = format_one(row, _WORK["spec"], _WORK["function"], _WORK["ctx"], origin)
         if isinstance(example, RowError):
-            out.append((str(example), example.reason))  # a RowError does not survive pickling with its reason
+            out.append((str(example), example.reason, None))  # a RowError does not survive pickling with its reason
         else:  # typed arrays pickle as bytes: far cheaper to send back than lists of ints
-            out.append((array("q", example["input_ids"]), array("q", example["labels"])))
+            out.append((array("q", example["input_ids"]), array("q", example["labels"]), example.get("images")))
     return out
 
 

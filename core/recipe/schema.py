@@ -87,6 +87,10 @@ class Recipe(_Strict):
     tokenizer_type: str | None = Field(None, description="tokenizer class, e.g. AutoTokenizer")
     tokenizer_config: str | None = Field(None, description="tokenizer to use instead of base_model's")
     processor_type: str | None = Field(None, description="processor class for multimodal models")
+    image_size: int | list[int] | None = Field(None, description="vision: resize images to this (or [height, width]) first")
+    image_resize_algorithm: Literal["bilinear", "bicubic", "lanczos", "nearest"] | None = Field(
+        None, description="vision: how image_size resizes; default bilinear")
+    freeze_mm_modules: bool | None = Field(None, description="vision: keep the vision tower and projector frozen (default true)")
     trust_remote_code: bool = False
     attn_implementation: Literal[ATTENTION] | None = Field(  # type: ignore[valid-type]
         None, description="attention kernel; default sdpa")

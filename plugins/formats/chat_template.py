@@ -49,6 +49,7 @@ class ChatTemplateOptions(BaseModel):
     roles: dict[str, list[str]] | None = None
     drop_system_message: bool = False
     chat_template: str | None = None  # Axolotl's per-dataset template: accepted when it matches the recipe's
+    field_images: str = "images"  # a column of images for the conversation (vision models: vision.py)
 
     def role_key(self):
         return ((self.message_property_mappings or {}).get("role") or self.message_field_role
@@ -59,7 +60,9 @@ class ChatTemplateOptions(BaseModel):
                 or self.default_content_key)
 
 
-def _content_text(content, where):
+def _content_text(content, where, image_token=None, images=None):
+    """A message's content as text; with ``image_token`` (a vision model's tokenizer), each image
+    part becomes that token and is appended to ``images``."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
@@ -69,6 +72,9 @@ def _content_text(content, where):
                 parts.append(part["text"])
             elif isinstance(part, str):
                 parts.append(part)
+            elif isinstance(part, dict) and part.get("type") == "image" and image_token:
+                parts.append(image_token)
+                images.append({k: v for k, v in part.items() if k != "type"})
             else:
                 raise RowError(f"{where}: unsupported content part {part!r} (text parts only; image parts need "
                                f"a vision plugin)", "unsupported content")
@@ -76,8 +82,11 @@ def _content_text(content, where):
     raise RowError(f"{where}: content must be a string or a list of parts, got {type(content).__name__}", "wrong type")
 
 
-def messages_of(row, options):
-    """The row's conversation as ``[{"role", "content", "train"}]``; RowError if malformed."""
+def messages_of(row, options, image_token=None, images=None):
+    """The row's conversation as ``[{"role", "content", "train"}]``; RowError if malformed.
+
+    With ``image_token``, image parts are rendered as that token and collected in ``images``.
+    """
     raw = row.get(options.field_messages)
     if raw is None:
         raise RowError(f"missing field '{options.field_messages}' (row has: {', '.join(sorted(row))})", "missing field")
@@ -113,7 +122,8 @@ def messages_of(row, options):
         train = message.get(train_key)
         if train is not None and not isinstance(train, bool):
             raise RowError(f"{where}: field '{train_key}' must be true or false, got {train!r}", "wrong type")
-        messages.append({"role": role, "content": _content_text(message[content_key], where), "train": train})
+        content = _content_text(message[content_key], where, image_token, images)
+        messages.append({"role": role, "content": content, "train": train})
     if not any(m["role"] != "system" for m in messages):
         raise RowError("conversation has no user or assistant turn", "empty conversation")
     return messages
@@ -165,7 +175,19 @@ def _end_of_turn(full, start, end, eot_strings):
 
 
 def chat_template(row, dataset, ctx):
-    return conversation_segments(messages_of(row, dataset.options), dataset.options, ctx)
+    from ftcore.plugins import vision
+
+    token, images = vision.image_token(ctx.tokenizer), []
+    options = dataset.options
+    messages = messages_of(row, options, token, images)
+    field = getattr(options, "field_images", None)
+    if token is None:
+        if field and row.get(field):
+            raise RowError(f"field '{field}' holds images, but the tokenizer has no image token: "
+                           f"train a vision model (Llama 3.2 Vision) on it", "unsupported content")
+        return conversation_segments(messages, options, ctx)
+    images = vision.row_images(row, field, messages, images, token) if field else [(i, None) for i in images]
+    return vision.example(conversation_segments(messages, options, ctx), images, ctx, token, dataset)
 
 
 def conversation_segments(messages, options, ctx):
