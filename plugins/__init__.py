@@ -21,7 +21,10 @@ BUILTINS = {
     "sharegpt": "ftcore.plugins.formats.sharegpt",  # chat_template's function with ShareGPT's field names
     "input_output": "ftcore.plugins.formats.input_output",
     "pretrain": "ftcore.plugins.formats.pretrain",  # documents -> sequence_len chunks
+    "fim": "ftcore.plugins.formats.fim",  # source code -> fill-in-the-middle examples (Qwen2.5-Coder tokens)
+    "code_repo": "ftcore.plugins.formats.code_repo",  # a repository's files as one document
     "chat_templates": "ftcore.plugins.formats.templates",  # llama3(_2_vision), chatml, qwen_25, jinja, ...
     "loss": "ftcore.plugins.loss",  # evaluator: loss and perplexity
+    "code": "ftcore.plugins.code",  # evaluator: code_exec (pass@k of generated code, run in a sandbox)
     "recipes": "ftcore.plugins.recipes",  # the recipes shipped with ftcore, by name
 }

@@ -1,7 +1,9 @@
 """Read rows from a dataset entry: local files or folders, or the Hub.
 
 Every row comes with its origin (file and 1-based row number) so errors can
-name them. Each local file's sha256 is recorded for the run manifest.
+name them. Each local file's sha256 is recorded for the run manifest. Formats
+that train on code (``type: fim``, ``code_repo``) read source files whole, one
+row per file (see "source files" below).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class RowProblem:
 
 
 def _files(spec, base: Path) -> list[Path]:
+    if base.is_dir() and not spec.data_files and reads_source_files(spec):
+        return _source_files(spec, base, sorted(base.rglob("*")))
     if spec.data_files:
         names = [spec.data_files] if isinstance(spec.data_files, str) else spec.data_files
         root = base if base.is_dir() else base.parent
@@ -166,9 +170,69 @@ def _read_arrow(path: Path, kind: str):
         yield number, row
 
 
+# ── source files: formats that train on code (type: fim, code_repo) read files whole ──
+#
+# A format whose options model has a ``source_file(relative_path) -> bool`` method reads
+# source files: a folder gives every file under it that the method accepts (sorted by
+# path; hidden paths, empty and binary files left out), ``path`` may be a glob
+# (``src/**/*.py``), and each such file is one row ``{"text": its text, "path": its path
+# relative to the folder}``. A file named directly (``path``, ``data_files``) whose suffix
+# is a data file's (.jsonl, .parquet, ...), or any file under ``ds_type``, is read as rows.
+
+
+def reads_source_files(spec) -> bool:
+    return callable(getattr(spec.options, "source_file", None))
+
+
+def has_glob(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+def source_root(spec) -> Path:
+    """The folder source paths are relative to: the folder, the part of a glob before its first wildcard,
+    or the file's own folder."""
+    base = Path(spec.path).expanduser()
+    if base.is_dir():
+        return base
+    if has_glob(spec.path):
+        parts = base.parts
+        fixed = parts[: next(i for i, part in enumerate(parts) if has_glob(part))]
+        return Path(*fixed) if fixed else Path(".")
+    return base.parent
+
+
+def _source_files(spec, root: Path, candidates) -> list[Path]:
+    files = []
+    for path in candidates:
+        relative = path.relative_to(root)
+        if (path.is_file() and not any(part.startswith(".") for part in relative.parts)
+                and spec.options.source_file(relative.as_posix())):
+            files.append(path)
+    if not files:
+        raise DataError(f"{spec.path}: no source file there (after include/exclude and leaving out hidden paths)")
+    return files
+
+
+def _source_row(path: Path, root: Path):
+    """One source file -> ``[(1, {"text", "path"})]``; nothing for an empty or binary (NUL byte) file."""
+    raw = path.read_bytes()
+    if not raw.strip() or b"\0" in raw[:8192]:
+        return []
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        return [(line, RowProblem(f"not valid UTF-8 text ({exc.reason} at byte {exc.start})", "not UTF-8 text"))]
+    return [(1, {"text": text, "path": path.relative_to(root).as_posix()})]
+
+
 def local_files(spec) -> list[Path] | None:
     """The files a dataset entry reads, in reading order; ``None`` for a Hub dataset."""
     base = Path(spec.path).expanduser()
+    if not base.exists() and has_glob(spec.path) and reads_source_files(spec):
+        root = source_root(spec)
+        pattern = Path(spec.path).expanduser().relative_to(root).as_posix() if root != Path(".") else spec.path
+        return _source_files(spec, root, sorted(root.glob(pattern)))
     if not base.exists():
         if spec.path.startswith((".", "/", "~")) or Path(spec.path).suffix in LOCAL_SUFFIXES:
             raise DataError(f"{spec.path}: no such file or folder")
@@ -182,24 +246,32 @@ def read_rows(spec, limit: int | None = None) -> ReadResult:
     if files is None:
         return _read_hub(spec, limit)
     result = ReadResult()
+    source = reads_source_files(spec) and not spec.ds_type
+    whole_folder = source and Path(spec.path).expanduser().is_dir() and not spec.data_files
     for path in files:
-        kind = _kind(path, spec)
-        if kind in ("parquet", "arrow"):
-            rows = _read_arrow(path, kind)
+        if source and (whole_folder or path.suffix not in LOCAL_SUFFIXES):
+            rows = _source_row(path, source_root(spec))
         else:
-            rows = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "text": _read_text}[kind](path)
-        source = Source(str(path), sha256=file_sha256(path))
+            rows = _rows_of(path, spec)
+        source_info = Source(str(path), sha256=file_sha256(path))
         for number, row in rows:
             result.rows.append(((str(path), number), row))
-            source.rows += 1
+            source_info.rows += 1
             if limit and len(result.rows) >= limit:
                 break
-        result.sources.append(source)
+        result.sources.append(source_info)
         if limit and len(result.rows) >= limit:
             break
     if spec.shards:
         result.rows = result.rows[:: spec.shards]
     return result
+
+
+def _rows_of(path: Path, spec):
+    kind = _kind(path, spec)
+    if kind in ("parquet", "arrow"):
+        return _read_arrow(path, kind)
+    return {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "text": _read_text}[kind](path)
 
 
 def _read_hub(spec, limit):
