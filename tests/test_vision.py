@@ -301,6 +301,27 @@ def test_prepared_images_survive_the_cache(vision_tokenizer, shapes, tmp_path):
 # ── recipes ──────────────────────────────────────────────────────────────────
 
 
+def test_preprocess_dump_names_each_examples_images(tiny_mllama, tmp_path):
+    from ftcore.cli import main
+
+    folder = tmp_path / "data"
+    rows = shape_rows(folder, 3)
+    encoded = base64.b64encode((folder / "images" / "shape2.png").read_bytes()).decode("ascii")
+    rows[2]["messages"][0]["content"][0] = {"type": "image", "base64": encoded}
+    rows.append({"messages": [{"role": "user", "content": "No picture here"},
+                              {"role": "assistant", "content": "fine"}]})
+    data = write_jsonl(folder / "mixed.jsonl", rows)
+    recipe = write_recipe(tmp_path / "r.yaml", **vision_recipe(tmp_path, tiny_mllama, data, val_set_size=0))
+    assert main(["preprocess", str(recipe), "--dump", str(tmp_path / "dump.jsonl")]) == 0
+    records = [json.loads(line) for line in (tmp_path / "dump.jsonl").read_text().splitlines()]
+    assert [r.get("images") for r in records] == [
+        [{"path": str((folder / "images" / "shape0.png").resolve())}],
+        [{"path": str((folder / "images" / "shape1.png").resolve())}],
+        [{"base64": f"<{len(encoded):,} characters>"}],  # the image's size, not megabytes of text
+        None]
+    assert all(r["text"].count("<|image|>") == (1 if r.get("images") else 0) for r in records)
+
+
 def test_sample_packing_with_a_vision_model_is_refused_before_training(tiny_mllama, shapes, tmp_path):
     from ftcore.errors import RecipeError
 

@@ -8,7 +8,8 @@ tokens, and the length distribution of the train and eval examples.
 - ``--dump FILE``: one JSON object per example, in dataset order (``datasets``
   file by file, row by row, then ``test_datasets``; before the validation
   split): ``input_ids``, ``labels``, the decoded ``text``, and where it came
-  from (``split``, ``file``, ``row``).
+  from (``split``, ``file``, ``row``); for examples with images, ``images``:
+  their references (``path``, ``url``, or a base64 image's size).
 - ``--show N``: the first N examples with trained text in colour (``[[...]]``
   around it when stdout is not a terminal or ``NO_COLOR`` is set).
 - ``--limit N``: read only the first N rows of each dataset entry (the cache
@@ -202,8 +203,17 @@ def write_dump(data, tokenizer, path: Path) -> None:
                 record = {"input_ids": example["input_ids"], "labels": example["labels"],
                           "text": decode(tokenizer, example["input_ids"]), "split": "eval" if i in held else "train",
                           "file": file, "row": row}
+                if example.get("images"):
+                    record["images"] = [_image_reference(ref) for ref in example["images"]]
                 fh.write(json.dumps(record, ensure_ascii=False) + "\n")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _image_reference(ref):
+    """An image reference for the dump: paths and URLs as they are, a base64 image by its size only."""
+    if isinstance(ref, dict) and isinstance(ref.get("base64"), str):
+        return {**ref, "base64": f"<{len(ref['base64']):,} characters>"}
+    return ref
