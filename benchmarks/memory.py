@@ -3,9 +3,11 @@
     python benchmarks/memory.py                  # Llama 3.2 1B and 3B shapes
     python benchmarks/memory.py --shapes 1b --steps 3
 
-For each shape, two child processes run one after the other, each a few
-training steps (sequence 256, micro batch 1, AdamW, LoRA r=16 on every linear
-layer of the decoder, gradient checkpointing) of a model shaped like Llama 3.2
+For each shape and optimizer (fp32 AdamW, bitsandbytes 8-bit AdamW), two child
+processes run one after the other, each a few training steps (sequence 256,
+micro batch 1, LoRA r=16 on every linear layer of the decoder, gradient
+checkpointing, ftcore's chunked cross-entropy unless ``--loss full``, glibc's
+mmap threshold fixed unless ``--allocator glibc``) of a model shaped like Llama 3.2
 (hidden, intermediate, layers, heads, kv heads, vocab 128256, tied embeddings
 as in the real configs) with random weights:
 
