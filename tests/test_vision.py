@@ -9,7 +9,6 @@ colour, so the answer can only come from the image.
 
 import base64
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ from ftcore import hooks
 from ftcore.data import IGNORE_INDEX
 from ftcore.data.collate import PaddingCollator
 from ftcore.data.prepare import prepare_datasets, set_chat_template
-from ftcore.errors import DataError, FtcoreError
+from ftcore.errors import DataError
 from ftcore.plugins.vision import VisionCollator, open_image
 from ftcore.plugins_manager import load_plugins
 from ftcore.recipe import validate
