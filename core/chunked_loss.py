@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import contextlib
 
+from ftcore.data import IGNORE_INDEX
+
 # model_type values whose forward ends in plain `logits = lm_head(hidden)`
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -77,8 +79,8 @@ class ChunkedLoss:
         if width is not None and hidden.size(-1) != width:
             raise RuntimeError("chunked_cross_entropy: the model returned logits, not hidden states; "
                                "the forward must run inside ChunkedLoss.hidden_states()")
-        targets = F.pad(labels, (0, 1), value=-100)[..., 1:].to(hidden.device)  # position t predicts t+1
-        keep = targets != -100
+        targets = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:].to(hidden.device)  # position t predicts t+1
+        keep = targets != IGNORE_INDEX
         hidden, targets = hidden[keep], targets[keep]  # only trained positions are projected
         total = hidden.new_zeros((), dtype=torch.float32)
         if targets.numel():

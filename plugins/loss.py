@@ -9,6 +9,7 @@ labels -100 only the first token of each example, which is never predicted).
 import math
 
 from ftcore import hookimpl
+from ftcore.data import IGNORE_INDEX
 
 FTCORE_CONTRACT = "1"
 
@@ -25,9 +26,9 @@ def token_losses(model, batch):
     shift_labels = labels[:, 1:]
     total = torch.nn.functional.cross_entropy(
         shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-        ignore_index=-100, reduction="sum",
+        ignore_index=IGNORE_INDEX, reduction="sum",
     )
-    return total, int((shift_labels != -100).sum())
+    return total, int((shift_labels != IGNORE_INDEX).sum())
 
 
 def evaluate_loss(ctx):

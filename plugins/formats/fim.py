@@ -42,13 +42,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ftcore import hookimpl
+from ftcore.data import IGNORE_INDEX
 from ftcore.plugins.formats import SourceFileOptions, text_field
 
 FTCORE_CONTRACT = "1"
 
 FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE, FIM_PAD = "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|fim_pad|>"
 END_OF_TEXT = "<|endoftext|>"
-IGNORE = -100
 
 
 class FimOptions(SourceFileOptions, BaseModel):
@@ -115,7 +115,7 @@ def fim_example(tokenizer, chunk: str, spm: bool, a: int, b: int, sentinels, eos
     else:
         context = [pre] + prefix + [suf] + suffix + [mid]
     target = middle + [eos]
-    labels = (context if loss == "all" else [IGNORE] * len(context)) + target
+    labels = (context if loss == "all" else [IGNORE_INDEX] * len(context)) + target
     return context + target, labels
 
 
@@ -149,7 +149,7 @@ def fim_examples(text: str, options: FimOptions, ctx) -> list[tuple[list[int], l
                 break
             j = max(i + 1, j - over)  # a split cost tokens: give the chunk's end to the next one
         if not last:
-            ids, labels = ids + [pad] * (size - len(ids)), labels + [IGNORE] * (size - len(labels))
+            ids, labels = ids + [pad] * (size - len(ids)), labels + [IGNORE_INDEX] * (size - len(labels))
         if ids:
             examples.append((ids, labels))
         i = j
