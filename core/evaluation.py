@@ -25,9 +25,11 @@ class EvalContext:
 
     def batches(self):
         for start in range(0, len(self.dataset), self.batch_size):
-            batch = self.collator(self.dataset[start:start + self.batch_size])
-            yield {k: v.to(self.device) if hasattr(v, "to") and self.device is not None else v
-                   for k, v in batch.items()}
+            yield self.on_device(self.collator(self.dataset[start:start + self.batch_size]))
+
+    def on_device(self, batch: dict) -> dict:
+        """A collated batch with its tensors moved to the model's device."""
+        return {k: v.to(self.device) if hasattr(v, "to") and self.device is not None else v for k, v in batch.items()}
 
     def reduce_sum(self, *values):
         """Sum numbers over all processes (identity in a single process)."""

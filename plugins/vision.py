@@ -584,9 +584,8 @@ def evaluate_exact_match(ctx):
         prompt = {"input_ids": item["input_ids"][:start], "labels": [IGNORE_INDEX] * start}
         if item.get("images"):
             prompt["images"] = item["images"]
-        batch = ctx.collator([prompt])
+        batch = ctx.on_device(ctx.collator([prompt]))
         batch.pop("labels")
-        batch = {k: v.to(ctx.device) if ctx.device is not None and hasattr(v, "to") else v for k, v in batch.items()}
         with torch.no_grad():
             output = ctx.model.generate(**batch, max_new_tokens=most, do_sample=False, use_cache=True,
                                         eos_token_id=stop, pad_token_id=tokenizer.pad_token_id)
