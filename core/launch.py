@@ -219,6 +219,20 @@ def start_process_group(recipe) -> None:
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=recipe.ddp_timeout or 1800))
 
 
+def end_process_group() -> None:
+    """After a completed run: wait for the other processes, then close the group.
+
+    Left to interpreter exit, the group's background threads can be torn down while still
+    running, and a process that has already saved everything aborts ("terminate called without
+    an active exception"), failing the whole run.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def lost_contact(exc: BaseException) -> str | None:
     """A one-line message when ``exc`` says another process died or hung (a failed collective), else None."""
     import torch.distributed as dist

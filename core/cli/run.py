@@ -49,6 +49,7 @@ def handle(args) -> int:
 
     try:
         run(recipe, args.plugins, overwrite=args.overwrite)
+        launch.end_process_group()
     except Exception as exc:
         lost = launch.lost_contact(exc)
         if lost and not getattr(args, "debug", False):  # another rank died or hung: one line, not a traceback
