@@ -176,7 +176,7 @@ def child(shape: str, mode: str, steps: int, seq: int, checkpointing: bool, loss
     vocab = model.config.vocab_size
     chunked = None
     if loss_kind == "chunked":  # what `chunked_cross_entropy: true` does in ftcore's trainer
-        from ftcore.chunked_loss import ChunkedLoss
+        from ftcore.plugins.chunked_loss import ChunkedLoss
 
         chunked = ChunkedLoss(model, num_chunks=8)
     losses = []

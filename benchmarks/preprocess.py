@@ -13,7 +13,7 @@ tokenizer already loaded, so the numbers are the data path alone:
 
 The rows are synthetic alpaca rows (instruction, optional input, output, of
 mixed lengths); the tokenizer is a byte-level BPE trained on them with Llama 3's
-special tokens (``ftcore.tiny``), so nothing is downloaded. Modes are
+special tokens (``ftcore.testing.tiny``), so nothing is downloaded. Modes are
 interleaved across repeats so that load from other processes hits all of them;
 the table gives medians. Not a test: the numbers depend on the machine.
 """
@@ -106,7 +106,7 @@ def main():
     parser.add_argument("--vocab", type=int, default=8192, help="tokenizer vocabulary size")
     args = parser.parse_args()
 
-    from ftcore.tiny import train_tokenizer
+    from ftcore.testing.tiny import train_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

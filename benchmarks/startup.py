@@ -73,7 +73,7 @@ def main():
     args = parser.parse_args()
     import os
 
-    from ftcore.tiny import build, quickstart_rows
+    from ftcore.testing.tiny import build, quickstart_rows
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

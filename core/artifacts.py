@@ -55,26 +55,42 @@ def clear_output_dir(path: Path, overwrite: bool, resume: bool) -> None:
     path.mkdir(parents=True, exist_ok=True)
 
 
-def write_recipe(recipe, path: Path) -> None:
+def write_recipe(recipe, path: Path, used_plugins=None) -> None:
+    """``recipe.yaml``: the resolved recipe; plugins' keys only where the recipe set them or the run used the plugin."""
     import yaml
 
     (path / "recipe.yaml").write_text(
         "# Resolved by ftcore: every value this run used. Run it again with `ftcore run recipe.yaml`.\n"
-        + yaml.safe_dump(recipe.to_yaml_dict(), sort_keys=False, allow_unicode=True),
+        + yaml.safe_dump(recipe.to_yaml_dict(used_plugins), sort_keys=False, allow_unicode=True),
         encoding="utf-8",
     )
 
 
-RUN_PACKAGES = ("ftcore", "torch", "transformers", "peft", "accelerate", "datasets", "bitsandbytes",
-                "deepspeed", "tokenizers", "pluggy", "pydantic", "omegaconf")
+def run_packages(plugins=None) -> list[str]:
+    """ftcore, every package ftcore requires (extras included), and the packages plugins came from."""
+    import re
+    from importlib.metadata import PackageNotFoundError, requires
+
+    names = ["ftcore"]
+    try:
+        for requirement in requires("ftcore") or []:
+            name = re.match(r"[A-Za-z0-9_.\-]+", requirement).group(0)
+            if name not in names and name not in ("pytest",):
+                names.append(name)
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        pass
+    for info in (plugins.info.values() if plugins is not None else ()):
+        if info.package and info.package not in names:
+            names.append(info.package)
+    return names
 
 
-def installed_versions(names=RUN_PACKAGES) -> dict:
-    """``{package: version}`` for those of ``names`` that are installed."""
+def installed_versions(names=None, plugins=None) -> dict:
+    """``{package: version}`` for those of ``names`` (default: :func:`run_packages`) that are installed."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for name in names:
+    for name in names if names is not None else run_packages(plugins):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -93,7 +109,7 @@ class Manifest:
             "finished": None,
             "base_model": recipe.base_model,
             "adapter": recipe.adapter,
-            "versions": installed_versions(),
+            "versions": installed_versions(plugins=plugins),
             "plugins": [
                 {"name": i.name, "module": i.module, "package": i.package, "version": i.version, "source": i.source}
                 for i in plugins.info.values()

@@ -37,6 +37,10 @@ class DataError(FtcoreError):
     """A data file or row that cannot be used; names the file and row."""
 
 
+class MissingPluginError(FtcoreError):
+    """No installed plugin provides what the recipe asks for (exit 2: install or enable one, or change the recipe)."""
+
+
 class PluginError(FtcoreError):
     """A plugin failed to load, declared a bad hook, or raised inside a hook."""
 

@@ -11,9 +11,26 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 
+PHASES = ("initial", "training", "final")
+
+
+def phase_of(step: int, max_steps: int | None) -> str:
+    """``"initial"`` before the first step, ``"final"`` at the last, ``"training"`` between."""
+    if step == 0:
+        return "initial"
+    if max_steps and step >= max_steps:
+        return "final"
+    return "training"
+
+
 @dataclass
 class EvalContext:
-    """What an evaluator gets. ``batches()`` yields collated batches on the model's device."""
+    """What an evaluator gets. ``batches()`` yields collated batches on the model's device.
+
+    ``step`` is the optimizer step the evaluation happens after (0 before training), ``max_steps``
+    the run's total, ``phase`` one of ``PHASES``: evaluators that are costly can run in full only at
+    the ``"final"`` evaluation, or keep per-step state in the ``stash``.
+    """
 
     model: Any
     tokenizer: Any
@@ -22,6 +39,10 @@ class EvalContext:
     collator: Callable
     batch_size: int
     device: Any = None
+    stash: Any = None
+    step: int = 0
+    max_steps: int | None = None
+    phase: str = "final"
 
     def batches(self):
         for start in range(0, len(self.dataset), self.batch_size):

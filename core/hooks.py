@@ -9,11 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from ftcore.errors import FtcoreError, PluginError
-
-
-class MissingPluginError(FtcoreError):
-    """No installed plugin provides what the recipe asks for."""
+from ftcore.errors import MissingPluginError, PluginError
 
 
 def _need(answer, what, key, value, hint=""):
@@ -29,6 +25,29 @@ def _need(answer, what, key, value, hint=""):
 # ── registrations (computed once per plugin manager) ───────────────────────
 
 
+def recipe_keys(plugins) -> dict:
+    """``{flat key: (model, plugin)}`` from every plugin's ``recipe_keys``; a key claimed twice is an error."""
+    from ftcore.recipe.schema import CORE_KEYS
+
+    found: dict[str, tuple] = {}
+    for model, (_, plugin) in plugins.collect("recipe_keys", "recipe key model", make=lambda: None).items():
+        info = plugins.info[plugin]
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise PluginError(f"plugin {info.label} called register() in hook 'recipe_keys' with {model!r}; "
+                              f"it takes a pydantic BaseModel class whose fields are the keys; "
+                              f"{info.how_to_disable()}")
+        for key in model.model_fields:
+            if key in CORE_KEYS:
+                raise PluginError(f"plugin {info.label} claims the core recipe key '{key}'; "
+                                  f"{info.how_to_disable()}")
+            if key in found:
+                first = plugins.info[found[key][1]]
+                raise PluginError(f"recipe key '{key}' is claimed by two plugins, {first.label} and {info.label}; "
+                                  f"{info.how_to_disable()}")
+            found[key] = (model, plugin)
+    return found
+
+
 def recipe_sections(plugins) -> dict:
     from ftcore.recipe.schema import CORE_KEYS
 
@@ -38,12 +57,27 @@ def recipe_sections(plugins) -> dict:
         return model
 
     found = plugins.collect("recipe_sections", "recipe section", make=make)
+    flat = recipe_keys(plugins)
     for key, (_model, plugin) in found.items():
+        info = plugins.info[plugin]
         if key in CORE_KEYS:
-            info = plugins.info[plugin]
             raise PluginError(f"plugin {info.label} claims the core recipe key '{key}' as its section; "
                               f"{info.how_to_disable()}")
+        if key in flat:
+            other = plugins.info[flat[key][1]]
+            raise PluginError(f"recipe key '{key}' is claimed by two plugins, {other.label} (a flat key) and "
+                              f"{info.label} (a section); {info.how_to_disable()}")
     return found
+
+
+def adapters(plugins) -> dict:
+    """``{adapter name: (description, plugin)}``: the values ``adapter:`` may take."""
+    return plugins.collect("register_adapters", "adapter")
+
+
+def content_parts(plugins) -> dict:
+    """``{part type: (handler, plugin)}`` for the non-text parts of chat messages."""
+    return plugins.collect("register_content_parts", "content part type")
 
 
 def dataset_formats(plugins) -> dict:
@@ -60,6 +94,13 @@ def evaluators(plugins) -> dict:
     return plugins.collect("register_evaluators", "evaluator")
 
 
+def chosen_evaluators(plugins, recipe) -> dict:
+    """``{name: function}`` of the recipe's ``evaluators``, each naming its plugin when it raises."""
+    registered = evaluators(plugins)
+    return {name: plugins.attributed(registered[name][0], registered[name][1], f"its evaluator '{name}'")
+            for name in recipe.evaluators}
+
+
 def named_recipes(plugins) -> dict:
     return {name: path for name, (path, _) in plugins.collect("register_recipes", "recipe").items()}
 
@@ -70,74 +111,119 @@ def commands(plugins) -> dict:
                            make=lambda help, configure, handler: (help, configure, handler))
 
 
+# ── launching ───────────────────────────────────────────────────────────────
+
+
+def launch_processes(plugins, recipe, plan, command):
+    """The exit code of a multi-process launch, or ``None`` to train in this process."""
+    code, _plugin = plugins.call_first("launch_processes", recipe=recipe, plan=plan, command=command)
+    if code is None and plan.distributed:
+        raise MissingPluginError(f"no plugin provides launching several processes for this run "
+                                 f"(--nproc {plan.nproc} --nnodes {plan.nnodes}); install or enable a plugin "
+                                 f"that launches (the built-in distributed plugin), or drop --nproc/--nnodes")
+    return code
+
+
 # ── the run, step by step ───────────────────────────────────────────────────
+# ``stash`` is the run's; calls outside a run (tests, ``ftcore preprocess``) may leave it out.
 
 
-def trainer_arguments(plugins, recipe) -> dict:
+def _stash(stash):
+    from ftcore.stash import Stash
+
+    return Stash() if stash is None else stash
+
+
+
+def run_started(plugins, recipe, stash=None) -> None:
+    stash = _stash(stash)
+    plugins.call_all("run_started", recipe=recipe, stash=stash)
+
+
+def trainer_arguments(plugins, recipe, stash=None) -> dict:
     """Merge every plugin's ``TrainingArguments`` contributions; conflicts are errors."""
+    stash = _stash(stash)
     merged, owner = {}, {}
-    for result, plugin in plugins.call_all("trainer_arguments", recipe=recipe):
+    for result, plugin in plugins.call_all("trainer_arguments", recipe=recipe, stash=stash):
         for key, value in (result or {}).items():
             if key in merged and merged[key] != value:
                 a, b = plugins.info[owner[key]], plugins.info[plugin]
                 raise PluginError(f"plugins {a.label} and {b.label} both set the training argument "
                                   f"'{key}' ({merged[key]!r} vs {value!r}); {b.how_to_disable()}")
             merged[key], owner[key] = value, plugin
-    for key in ("deepspeed", "fsdp"):
-        if getattr(recipe, key) and key not in merged:
-            raise MissingPluginError(
-                f"no plugin provides {key} for this recipe ({key}: {getattr(recipe, key)!r}); "
-                f"multi-GPU engines come with a distributed plugin, which is not installed; "
-                f"remove '{key}' to train on one device"
-            )
     return merged
 
 
-def load_tokenizer(plugins, recipe):
-    return _need(plugins.call_first("load_tokenizer", recipe=recipe), "a tokenizer",
+def load_tokenizer(plugins, recipe, stash=None):
+    stash = _stash(stash)
+    return _need(plugins.call_first("load_tokenizer", recipe=recipe, stash=stash), "a tokenizer",
                  "tokenizer_config" if recipe.tokenizer_config else "base_model",
                  recipe.tokenizer_config or recipe.base_model)[0]
 
 
-def quantization_config(plugins, recipe):
-    config, _ = plugins.call_first("quantization_config", recipe=recipe)
-    for key in ("load_in_4bit", "load_in_8bit"):
-        if getattr(recipe, key) and config is None:
-            raise MissingPluginError(
-                f"no plugin provides quantization for this recipe ({key}: true); "
-                f"install or enable a quantization plugin, or remove '{key}'"
-            )
-    return config
+def quantization_config(plugins, recipe, stash=None):
+    stash = _stash(stash)
+    return plugins.call_first("quantization_config", recipe=recipe, stash=stash)[0]
 
 
-def load_model(plugins, recipe, quantization):
-    return _need(plugins.call_first("load_model", recipe=recipe, quantization_config=quantization),
+def load_model(plugins, recipe, quantization, stash=None):
+    stash = _stash(stash)
+    return _need(plugins.call_first("load_model", recipe=recipe, quantization_config=quantization, stash=stash),
                  "a model loader", "base_model", recipe.base_model)[0]
 
 
-def prepare_model(plugins, recipe, model, tokenizer) -> None:
-    plugins.call_all("prepare_model", recipe=recipe, model=model, tokenizer=tokenizer)
+def prepare_model(plugins, recipe, model, tokenizer, stash=None) -> None:
+    stash = _stash(stash)
+    plugins.call_all("prepare_model", recipe=recipe, model=model, tokenizer=tokenizer, stash=stash)
 
 
-def inject_adapter(plugins, recipe, model):
-    return _need(plugins.call_first("inject_adapter", recipe=recipe, model=model),
+def inject_adapter(plugins, recipe, model, stash=None):
+    stash = _stash(stash)
+    return _need(plugins.call_first("inject_adapter", recipe=recipe, model=model, stash=stash),
                  "this adapter" if recipe.adapter else "full fine-tuning", "adapter", recipe.adapter)[0]
 
 
-def build_collator(plugins, recipe, tokenizer):
-    return _need(plugins.call_first("build_collator", recipe=recipe, tokenizer=tokenizer),
+def build_collator(plugins, recipe, tokenizer, stash=None):
+    stash = _stash(stash)
+    return _need(plugins.call_first("build_collator", recipe=recipe, tokenizer=tokenizer, stash=stash),
                  "a collator", "base_model", recipe.base_model)[0]
 
 
-def trainer_callbacks(plugins, recipe) -> list:
+def trainer_callbacks(plugins, recipe, stash=None) -> list:
+    """The plugins' callbacks, each wrapped so an exception in it names the plugin."""
+    stash = _stash(stash)
     found = []
-    plugins.call_all("trainer_callbacks", recipe=recipe, register=found.append)
+
+    def register_for(plugin):
+        return lambda callback: found.append(plugins.attributed_callback(callback, plugin))
+
+    plugins.call_all("trainer_callbacks", recipe=recipe, stash=stash, per_plugin={"register": register_for})
     return found
 
 
-def save_artifacts(plugins, recipe, model, tokenizer, output_dir) -> list[str]:
+def training_loss(plugins, recipe, model, stash=None):
+    stash = _stash(stash)
+    return plugins.call_first("training_loss", recipe=recipe, model=model, stash=stash)[0]
+
+
+def build_trainer(plugins, recipe, model, tokenizer, arguments, train_dataset, eval_dataset, collator,
+                  callbacks, evaluators, loss, stash=None):
+    return _need(plugins.call_first("build_trainer", recipe=recipe, model=model, tokenizer=tokenizer,
+                                    arguments=arguments, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                                    collator=collator, callbacks=callbacks, evaluators=evaluators, loss=loss,
+                                    stash=stash),
+                 "a trainer", "base_model", recipe.base_model)[0]
+
+
+def save_artifacts(plugins, recipe, model, tokenizer, output_dir, stash=None) -> list[str]:
+    stash = _stash(stash)
     written = []
     for result, _plugin in plugins.call_all("save_artifacts", recipe=recipe, model=model,
-                                            tokenizer=tokenizer, output_dir=output_dir):
+                                            tokenizer=tokenizer, output_dir=output_dir, stash=stash):
         written.extend(result or [])
     return written
+
+
+def run_finished(plugins, recipe, stash, status, error) -> None:
+    """Every plugin's teardown, even when one raises; the first error is raised after all ran."""
+    plugins.call_all("run_finished", keep_going=True, recipe=recipe, stash=stash, status=status, error=error)

@@ -8,9 +8,12 @@ Discovery order (later ones are asked first in firstresult hooks):
 
 ``FTCORE_DISABLE_PLUGINS=name1,name2`` blocks plugins by name (the entry-point
 name, the built-in's short name, or the module path from the recipe).
+``FTCORE_TRACE_PLUGINS=1`` prints every hook call to stderr: the
+implementations it reached and what each returned.
 
 Every failure names the plugin, its package and version, the hook, and how to
-disable it.
+disable it: in a hook, and in what a plugin registered (a format, an
+evaluator, a content-part handler, a trainer callback) when it is called later.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from ftcore.errors import FtcoreError, PluginError
 
 ENTRY_POINT_GROUP = "ftcore"
 DISABLE_ENV = "FTCORE_DISABLE_PLUGINS"
+TRACE_ENV = "FTCORE_TRACE_PLUGINS"
 
 
 @dataclass
@@ -51,9 +55,31 @@ class PluginInfo:
         return f"disable it with {DISABLE_ENV}={self.name}"
 
 
+def _major(version) -> int:
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError:
+        return -1
+
+
 def disabled_names() -> set[str]:
     raw = os.environ.get(DISABLE_ENV, "")
     return {n.strip() for n in raw.split(",") if n.strip()}
+
+
+def tracing() -> bool:
+    return os.environ.get(TRACE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _short(value, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _trace(message: str) -> None:
+    import sys
+
+    print(f"[ftcore trace] {message}", file=sys.stderr, flush=True)
 
 
 def _entry_points():
@@ -74,6 +100,8 @@ class Plugins:
         self.pm.add_hookspecs(hookspecs)
         self.info: dict[str, PluginInfo] = {}
         self.blocked: list[str] = []
+        self.refused: list[tuple[PluginInfo, PluginError]] = []  # failed to load, when loading tolerated it
+        self.answered: set[str] = set()  # plugins that answered a firstresult hook (what a run "used")
         self._collected: dict[str, dict] = {}
 
     # ── registration ──────────────────────────────────────────────────────
@@ -94,9 +122,12 @@ class Plugins:
         declared = getattr(obj, "FTCORE_CONTRACT", None)
         info.contract = None if declared is None else str(declared)
         if declared is not None and str(declared).split(".")[0] != CONTRACT_VERSION.split(".")[0]:
+            newer = _major(declared) > _major(CONTRACT_VERSION)
+            fix = ("upgrade ftcore to a version that speaks it (docs/plugins.md lists which do)" if newer
+                   else "upgrade the plugin to a release written for this contract")
             raise PluginError(
                 f"plugin {info.label} was written for hook contract {declared}, "
-                f"but this ftcore speaks {CONTRACT_VERSION}; upgrade the plugin or "
+                f"but this ftcore speaks {CONTRACT_VERSION}; {fix}, or "
                 f"{info.how_to_disable()}"
             )
         # checked before registering, so a refused plugin leaves nothing behind
@@ -169,46 +200,122 @@ class Plugins:
             self.add_module(module, _module_info(module))
         return skipped
 
+    def raise_refused(self) -> None:
+        """Raise the first plugin refused at loading (for commands that need every plugin)."""
+        if self.refused:
+            raise self.refused[0][1]
+
     def hook_names(self) -> list[str]:
-        return sorted(n for n in dir(hookspecs) if not n.startswith("_") and callable(getattr(hookspecs, n)) and n != "hookspec")
+        return sorted(n for n, fn in vars(hookspecs).items() if hasattr(fn, f"{PROJECT}_spec"))
 
     # ── calling ───────────────────────────────────────────────────────────
 
-    def _impls(self, hook_name):
-        hook = getattr(self.pm.hook, hook_name)
-        # pluggy calls implementations last-registered first, trylast at the end
-        return list(reversed(hook.get_hookimpls()))
+    def impls(self, hook_name):
+        """The implementations of a hook in the order they are asked: ``tryfirst`` ones, then the
+        others, then ``trylast`` ones; within each group the last registered first.
 
-    def _call_one(self, impl, hook_name, kwargs):
+        One rule for every group (pluggy itself asks ``trylast`` ones first-registered first), so an
+        installed plugin is asked before the built-ins even when it marks its answers ``trylast``.
+        """
+        registered = {name: i for i, name in enumerate(self.info)}
+
+        def rank(impl):
+            group = 0 if impl.tryfirst else 2 if impl.trylast else 1
+            return group, -registered.get(impl.plugin_name, len(registered))
+
+        return sorted(getattr(self.pm.hook, hook_name).get_hookimpls(), key=rank)
+
+    def _label(self, plugin_name):
+        info = self.info.get(plugin_name)
+        return (info.label, info.how_to_disable()) if info else (f"'{plugin_name}'", "")
+
+    def call_impl(self, impl, hook_name, kwargs):
+        """Call one implementation; an exception other than ``FtcoreError`` becomes a ``PluginError`` naming it."""
         args = [kwargs[a] for a in impl.argnames]
         try:
-            return impl.function(*args)
+            result = impl.function(*args)
         except FtcoreError:
             raise
         except Exception as exc:
-            info = self.info.get(impl.plugin_name)
-            label = info.label if info else f"'{impl.plugin_name}'"
-            disable = info.how_to_disable() if info else ""
+            label, disable = self._label(impl.plugin_name)
             raise PluginError(
                 f"plugin {label} raised in hook '{hook_name}': {type(exc).__name__}: {exc}"
                 + (f"; {disable}" if disable else "")
                 + " (run with --debug for the traceback)"
             ) from exc
+        if tracing():
+            _trace(f"  {impl.plugin_name}.{hook_name} -> {_short(result)}")
+        return result
+
+    def _start_trace(self, hook_name, impls):
+        if tracing():
+            _trace(f"{hook_name}: {', '.join(i.plugin_name for i in impls) or 'no implementations'}")
 
     def call_first(self, hook_name, **kwargs):
         """Call a firstresult hook; return ``(answer, plugin_name)`` or ``(None, None)``."""
-        for impl in self._impls(hook_name):
-            result = self._call_one(impl, hook_name, kwargs)
+        impls = self.impls(hook_name)
+        self._start_trace(hook_name, impls)
+        for impl in impls:
+            result = self.call_impl(impl, hook_name, kwargs)
             if result is not None:
+                self.answered.add(impl.plugin_name)
                 return result, impl.plugin_name
         return None, None
 
-    def call_all(self, hook_name, **kwargs):
-        """Call every implementation; return ``[(result, plugin_name), ...]``."""
-        return [
-            (self._call_one(impl, hook_name, kwargs), impl.plugin_name)
-            for impl in self._impls(hook_name)
-        ]
+    def call_all(self, hook_name, per_plugin=None, keep_going=False, **kwargs):
+        """Call every implementation; return ``[(result, plugin_name), ...]``.
+
+        ``per_plugin``: ``{parameter: make(plugin_name)}`` for arguments that differ per plugin (a
+        ``register`` that records who registered). ``keep_going``: call the rest when one raises,
+        then raise the first error.
+        """
+        impls = self.impls(hook_name)
+        self._start_trace(hook_name, impls)
+        results, first_error = [], None
+        for impl in impls:
+            arguments = {**kwargs, **{k: make(impl.plugin_name) for k, make in (per_plugin or {}).items()}}
+            try:
+                results.append((self.call_impl(impl, hook_name, arguments), impl.plugin_name))
+            except Exception as exc:
+                if not keep_going:
+                    raise
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
+        return results
+
+    # ── what plugins registered, called later: failures are the plugin's ──
+
+    def attributed(self, function, plugin_name, what, passthrough=()):
+        """``function`` wrapped so an exception it raises names the plugin (``what`` says which callable).
+
+        ``FtcoreError`` and the exception types in ``passthrough`` (a format's ``RowError``) pass
+        unchanged: they are the plugin speaking to the user on purpose.
+        """
+        import functools
+
+        @functools.wraps(function)
+        def call(*args, **kwargs):
+            try:
+                return function(*args, **kwargs)
+            except (FtcoreError, *passthrough):
+                raise
+            except Exception as exc:
+                label, disable = self._label(plugin_name)
+                raise PluginError(f"plugin {label} raised in {what}: {type(exc).__name__}: {exc}"
+                                  + (f"; {disable}" if disable else "")
+                                  + " (run with --debug for the traceback)") from exc
+
+        return call
+
+    def attributed_callback(self, callback, plugin_name):
+        """The ``TrainerCallback``, its event methods wrapped so they name the plugin when they raise."""
+        for event in dir(callback):
+            if event.startswith("on_") and callable(getattr(callback, event)):
+                # an instance attribute shadows the class's method: same object, isinstance still holds
+                setattr(callback, event, self.attributed(
+                    getattr(callback, event), plugin_name, f"its trainer callback {type(callback).__name__}.{event}"))
+        return callback
 
     def collect(self, hook_name, kind, make=lambda value: value, **kwargs):
         """Call a ``register(name, ...)`` hook; return ``{name: (value, plugin_name)}``.
@@ -221,7 +328,9 @@ class Plugins:
         if cacheable and hook_name in self._collected:
             return self._collected[hook_name]
         found: dict[str, tuple] = {}
-        for impl in self._impls(hook_name):
+        impls = self.impls(hook_name)
+        self._start_trace(hook_name, impls)
+        for impl in impls:
 
             def register(name, *args, _plugin=impl.plugin_name, **kw):
                 info = self.info[_plugin]
@@ -231,6 +340,8 @@ class Plugins:
                         f"{kind} '{name}' is registered by two plugins, {first.label} and "
                         f"{info.label}; {info.how_to_disable()}"
                     )
+                if tracing():
+                    _trace(f"  {_plugin} registered {kind} {_short(name, 60)}")
                 try:
                     found[name] = (make(*args, **kw), _plugin)
                 except TypeError as exc:
@@ -239,7 +350,7 @@ class Plugins:
                         f"with bad arguments: {exc}; {info.how_to_disable()}"
                     ) from exc
 
-            self._call_one(impl, hook_name, {**kwargs, "register": register})
+            self.call_impl(impl, hook_name, {**kwargs, "register": register})
         if cacheable:
             self._collected[hook_name] = found
         return found
@@ -266,26 +377,46 @@ def _module_info(module: str) -> PluginInfo:
     return PluginInfo(module, module, "recipe")
 
 
-def load_plugins(recipe_plugins=()) -> Plugins:
-    """Build the plugin manager: built-ins, entry points, then the recipe's list."""
+def load_plugins(recipe_plugins=(), tolerate_refused: bool = False, installed: bool = True) -> Plugins:
+    """Build the plugin manager: built-ins, entry points, then the recipe's list.
+
+    ``tolerate_refused``: a plugin that fails to load is recorded in ``plugins.refused`` instead
+    of stopping everything (``ftcore --version``, ``--help`` and ``ftcore plugins`` still work);
+    ``raise_refused()`` raises the first one for commands that need every plugin.
+    ``installed=False`` leaves out the entry-point plugins (the built-ins alone).
+    """
     from ftcore.plugins import BUILTINS
 
     plugins = Plugins()
+
+    def attempt(info, register):
+        try:
+            register()
+        except PluginError as exc:
+            if not tolerate_refused:
+                raise
+            plugins.refused.append((info, exc))
+
     for short, module in BUILTINS.items():
-        plugins.add_module(module, _builtin_info(short, module))
-    for ep in _entry_points():
+        info = _builtin_info(short, module)
+        attempt(info, lambda module=module, info=info: plugins.add_module(module, info))
+    for ep in _entry_points() if installed else ():
         info = _entry_point_info(ep)
         if info.name in disabled_names():
             plugins.blocked.append(info.name)
             continue
-        try:
-            obj = ep.load()
-        except Exception as exc:
-            raise PluginError(
-                f"plugin {info.label} failed to import: {type(exc).__name__}: {exc}; "
-                f"{info.how_to_disable()}"
-            ) from exc
-        plugins.add(obj, info)
+
+        def load(ep=ep, info=info):
+            try:
+                obj = ep.load()
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {info.label} failed to import: {type(exc).__name__}: {exc}; "
+                    f"{info.how_to_disable()}"
+                ) from exc
+            plugins.add(obj, info)
+
+        attempt(info, load)
     plugins.add_recipe_plugins(recipe_plugins)
     # ``add`` already refuses hooks without a spec, naming the plugin; pluggy's own
     # check stays as the backstop should a plugin be registered another way.

@@ -1,8 +1,10 @@
 """Training: the recipe's keys -> ``TrainingArguments``, and the trainer.
 
-ftcore uses ``transformers.Trainer`` as is, with one change: evaluation runs
-the recipe's evaluators (token-weighted loss by default) instead of the
-trainer's batch-averaged loss.
+ftcore uses ``transformers.Trainer`` with two changes (``FtcoreTrainer``):
+evaluation runs the recipe's evaluators (token-weighted loss by default)
+instead of the trainer's batch-averaged loss, and the training loss may come
+from a plugin (the ``training_loss`` hook). The built-in ``build_trainer``
+answer (plugins/huggingface.py) builds it; a plugin may build another.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def check_optimizer(recipe, cuda: bool) -> None:
         several = int(os.environ.get("WORLD_SIZE", "1")) > 1
         arguments = TrainingArguments(output_dir="unused", report_to=[], use_cpu=several and not cuda, **args)
         cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(arguments, probe)
-        if cls.__module__.split(".")[0] in ("torch", "bitsandbytes"):  # others may need the real model
+        if _takes_parameters(cls):  # LOMO-style optimizers take the model itself: resolving them is the check
             optimizer = cls(probe.parameters(), **kwargs)
             probe(torch.ones(2, 512, device=device)).sum().backward()
             optimizer.step()
@@ -64,6 +66,16 @@ def check_optimizer(recipe, cuda: bool) -> None:
             fix += ", or install what is missing"
         raise FtcoreError(f"optimizer: {recipe.optimizer} cannot run on {hardware}: {first_line.rstrip('.')}; "
                           f"{fix}") from exc
+
+
+def _takes_parameters(cls) -> bool:
+    import inspect
+
+    try:
+        first = next(iter(inspect.signature(cls).parameters), None)
+    except (TypeError, ValueError):
+        return False
+    return first == "params"
 
 
 def steps_per_epoch(recipe, n_examples: int, world_size: int = 1) -> int:
@@ -104,15 +116,13 @@ def training_arguments(recipe, output_dir, n_train: int, has_eval: bool, precisi
         "seed": recipe.seed,
         "train_sampling_strategy": "group_by_length" if recipe.group_by_length else "random",
         "remove_unused_columns": False,
-        "report_to": ["wandb"] if recipe.wandb_project else [],
+        "report_to": [],  # a tracker plugin adds itself (trainer_arguments)
         "save_strategy": "no",
         "eval_strategy": "no",
         "disable_tqdm": False,
         "dataloader_num_workers": 0,
         "dataloader_pin_memory": cuda,
     }
-    if world_size > 1 and not cuda and not plugin_arguments.get("deepspeed"):
-        args["use_cpu"] = True  # several CPU processes: accelerate's gloo process group (DeepSpeed picks its own)
     if recipe.tf32 and cuda:
         args["tf32"] = True  # TF32 matmuls exist on NVIDIA Ampere and newer only; ignored elsewhere
     elif recipe.tf32 is False and cuda:
@@ -130,8 +140,7 @@ def training_arguments(recipe, output_dir, n_train: int, has_eval: bool, precisi
         kwargs["min_lr_rate"] = recipe.cosine_min_lr_ratio
     if kwargs:
         args["lr_scheduler_kwargs"] = kwargs
-    for key in ("adam_beta1", "adam_beta2", "adam_epsilon", "ddp_timeout", "ddp_bucket_cap_mb",
-                "ddp_broadcast_buffers", "ddp_find_unused_parameters", "save_only_model"):
+    for key in ("adam_beta1", "adam_beta2", "adam_epsilon", "save_only_model"):
         if getattr(recipe, key) is not None:
             args[key] = getattr(recipe, key)
 
@@ -150,21 +159,8 @@ def training_arguments(recipe, output_dir, n_train: int, has_eval: bool, precisi
         elif eval_every and recipe.eval_strategy != "no":
             args.update(eval_strategy="steps", eval_steps=eval_every)
         args["eval_on_start"] = recipe.eval_on_start
-    if recipe.wandb_name:
-        args["run_name"] = recipe.wandb_name
     args.update(plugin_arguments)
     return args
-
-
-def wandb_environment(recipe) -> dict:
-    """Environment variables the wandb integration reads."""
-    env = {}
-    for key, var in (("wandb_project", "WANDB_PROJECT"), ("wandb_entity", "WANDB_ENTITY"),
-                     ("wandb_watch", "WANDB_WATCH"), ("wandb_log_model", "WANDB_LOG_MODEL"),
-                     ("wandb_run_id", "WANDB_RUN_ID"), ("wandb_mode", "WANDB_MODE")):
-        if getattr(recipe, key):
-            env[var] = str(getattr(recipe, key))
-    return env
 
 
 def make_arguments(arguments: dict):
@@ -187,53 +183,73 @@ def make_arguments(arguments: dict):
     return TrainingArguments(**arguments)
 
 
-def build_trainer(recipe, model, tokenizer, data, collator, arguments, callbacks, evaluators):
-    """A ``transformers.Trainer`` whose evaluation runs the recipe's evaluators.
+def trainer_kwargs(recipe, model, tokenizer, arguments, train_dataset, eval_dataset, collator, callbacks,
+                   evaluators, loss, stash) -> dict:
+    """The keyword arguments of :class:`FtcoreTrainer` for a run (what the built-in ``build_trainer`` passes)."""
+    return {"model": model, "args": arguments, "data_collator": collator, "train_dataset": train_dataset,
+            "eval_dataset": eval_dataset or None, "processing_class": tokenizer, "callbacks": callbacks,
+            "recipe": recipe, "evaluators": evaluators, "loss": loss, "stash": stash}
 
-    ``arguments``: ``TrainingArguments``, or the dict :func:`training_arguments` returns.
-    """
+
+def _trainer_class():
     from transformers import Trainer
 
-    from ftcore.evaluation import EvalContext, run_evaluators
-
-    chunked = None
-    if recipe.chunked_cross_entropy:
-        from transformers.integrations import is_deepspeed_zero3_enabled
-
-        from ftcore.chunked_loss import ChunkedLoss
-        from ftcore.errors import FtcoreError
-
-        if is_deepspeed_zero3_enabled() or recipe.fsdp or recipe.fsdp_config:
-            # the chunks call the head's weights directly, which ZeRO-3 and FSDP keep sharded outside its forward
-            raise FtcoreError("chunked_cross_entropy does not work with DeepSpeed ZeRO-3 or FSDP yet; remove it, "
-                              "or use ZeRO-1/2 or DDP")
-        chunked = ChunkedLoss(model, recipe.chunked_cross_entropy_num_chunks)
-
     class FtcoreTrainer(Trainer):
+        """A ``transformers.Trainer`` whose evaluation runs the recipe's evaluators and whose loss may be a plugin's.
+
+        ``recipe``, ``evaluators`` (``{name: function}``), ``loss`` (what the ``training_loss`` hook
+        returned, or ``None`` for the model's own loss) and ``stash`` come on top of ``Trainer``'s own
+        arguments. Plugins that build their own trainer (``build_trainer``) subclass this one to keep
+        ftcore's evaluation, or call :func:`ftcore.api.run_evaluators` themselves.
+        """
+
+        def __init__(self, *args, recipe=None, evaluators=None, loss=None, stash=None, **kwargs):
+            if loss is not None:
+                # marks the loss as normalised by the accumulated batch's trained tokens, as the model's own is;
+                # Trainer then counts them (num_items_in_batch) for it. compute_loss below calls `loss` itself.
+                kwargs.setdefault("compute_loss_func", loss)
+            super().__init__(*args, **kwargs)
+            self.recipe = recipe
+            self.evaluators = dict(evaluators or {})
+            self.training_loss = loss
+            self.stash = stash
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if chunked is None:
+            if self.training_loss is None:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            with chunked.hidden_states():  # the head is bypassed for this forward; chunked() scores the loss
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss, outputs = self.training_loss(model, inputs, num_items_in_batch)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                # as Trainer does for a loss normalised over every process's tokens: DDP averages gradients
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1
+                               else self.args.n_gpu)
+            return (loss, outputs) if return_outputs else loss
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-            ctx = EvalContext(model=self.model, tokenizer=tokenizer, recipe=recipe,
+            from ftcore.evaluation import EvalContext, phase_of, run_evaluators
+
+            step, max_steps = self.state.global_step, self.state.max_steps
+            ctx = EvalContext(model=self.model, tokenizer=self.processing_class, recipe=self.recipe,
                               dataset=eval_dataset if eval_dataset is not None else self.eval_dataset,
-                              collator=collator, batch_size=self.args.per_device_eval_batch_size,
-                              device=self.args.device)
+                              collator=self.data_collator, batch_size=self.args.per_device_eval_batch_size,
+                              device=self.args.device, stash=self.stash, step=step, max_steps=max_steps,
+                              phase=phase_of(step, max_steps))
             with self.accelerator.autocast():
-                metrics = run_evaluators(evaluators, ctx, metric_key_prefix)
+                metrics = run_evaluators(self.evaluators, ctx, metric_key_prefix)
             self.log(metrics)
             self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
             return metrics
 
-    return FtcoreTrainer(
-        model=model,
-        args=make_arguments(arguments) if isinstance(arguments, dict) else arguments,
-        data_collator=collator,
-        train_dataset=data.train,
-        eval_dataset=data.eval or None,
-        processing_class=tokenizer,
-        callbacks=callbacks,
-        compute_loss_func=chunked,
-    )
+    return FtcoreTrainer
+
+
+_TRAINER = None
+
+
+def __getattr__(name):
+    # FtcoreTrainer subclasses transformers.Trainer: built on first use, so importing this module stays light
+    global _TRAINER
+    if name == "FtcoreTrainer":
+        if _TRAINER is None:
+            _TRAINER = _trainer_class()
+        return _TRAINER
+    raise AttributeError(name)

@@ -1,23 +1,72 @@
-"""LoRA through peft: ``adapter: lora``.
+"""LoRA through peft: ``adapter: lora``, and ``adapter: qlora`` (LoRA on the qlora plugin's 4-bit base).
 
 Target selection: ``lora_target_modules`` (names or one regex), or
 ``lora_target_linear: true`` for every linear layer except the output head,
-or, when neither is set, the model's ``ftcore_lora_targets`` (set by a plugin's
-``prepare_model``) or peft's default for the architecture. A model's
-``ftcore_lora_scope`` (a module-path regex, e.g. the language model of a
-vision model, vision.py) keeps listed names inside it.
+or, when neither is set, ``stash[ADAPTER_TARGETS]`` (set by a model family's
+``prepare_model``) or peft's default for the architecture.
+``stash[ADAPTER_SCOPE]`` (a module-path regex, e.g. the language model of a
+vision model) keeps listed names inside it.
 
 New tokens: when the recipe's ``special_tokens`` or ``tokens`` added tokens the
-vocabulary lacked (``model.ftcore_new_token_ids``, set by the huggingface
-plugin), their embedding rows are untrained, and low-rank updates of the
+vocabulary lacked (``stash[NEW_TOKEN_IDS]``, set by the embeddings plugin's
+``prepare_model``), their embedding rows are untrained, and low-rank updates of the
 attention and MLP layers cannot teach the model to read or write them. The
 input embeddings and the output layer are then added to ``modules_to_save``
 (trained in full and saved with the adapter), with a notice saying so.
+
+``ftcore merge`` (at the end of this module, registered below) folds a run's adapter into its
+original 16-bit base.
 """
 
-from ftcore import FtcoreError, hookimpl
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from ftcore.api import (ADAPTER_SCOPE, ADAPTER_TARGETS, NEW_TOKEN_IDS, PATH, FtcoreError, MissingPluginError,
+                        RecipeKeys, get_logger, hookimpl, transformers_class)
 
 FTCORE_CONTRACT = "1"
+
+log = get_logger(__name__)
+
+
+class LoraKeys(RecipeKeys):
+    """Axolotl's LoRA keys (top level)."""
+
+    lora_r: int = Field(8, ge=1, description="rank of the LoRA update matrices")
+    lora_alpha: float = Field(16, gt=0, description="LoRA scaling: the update is scaled by lora_alpha / lora_r")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA path")
+    lora_target_modules: list[str] | str | None = Field(
+        None, description="module names (or one regex) to adapt; unset: the model family's default")
+    lora_target_linear: bool | None = Field(None, description="adapt every linear layer except the output head")
+    lora_modules_to_save: list[str] | None = Field(None, description="modules trained in full and saved with the adapter")
+    lora_model_dir: str | None = Field(None, description="start from this existing adapter", json_schema_extra=PATH)
+    lora_fan_in_fan_out: bool | None = Field(None, description="the base stores weights as (fan_in, fan_out) (GPT-2 style)")
+    peft_use_dora: bool | None = Field(None, description="DoRA: weight-decomposed LoRA")
+    peft_use_rslora: bool | None = Field(None, description="rank-stabilised scaling lora_alpha / sqrt(lora_r)")
+    peft_layers_to_transform: list[int] | None = Field(None, description="only these layer indices get adapters")
+
+    def cross_checks(self):
+        if self.lora_target_modules and self.lora_target_linear:
+            return [("lora_target_linear", "set lora_target_modules or lora_target_linear, not both")]
+        return []
+
+
+@hookimpl(trylast=True)
+def recipe_keys(register):
+    register(LoraKeys)
+
+
+@hookimpl(trylast=True)
+def register_adapters(register):
+    register("lora", "LoRA through peft on a 16-bit (or 8-bit) base")
+
+
+@hookimpl(trylast=True)
+def register_commands(register):
+    register("merge", MERGE_HELP, configure_merge, merge_command)
 
 
 @hookimpl(trylast=True)
@@ -26,7 +75,7 @@ def validate_recipe(recipe, error):
         for key in ("lora_target_modules", "lora_target_linear", "lora_model_dir", "lora_modules_to_save"):
             if getattr(recipe, key):
                 error(key, "is set but adapter is absent (full fine-tuning); set adapter: lora, or remove it")
-    elif recipe.unfrozen_parameters:
+    elif recipe.get("unfrozen_parameters"):
         error("unfrozen_parameters", "applies to full fine-tuning only; with an adapter, train extra modules "
                                      "with lora_modules_to_save")
 
@@ -58,33 +107,34 @@ def embedding_layer_names(model) -> list[str]:
     return names
 
 
-def modules_to_save(recipe, model) -> list[str] | None:
+def modules_to_save(recipe, model, stash) -> list[str] | None:
     """``lora_modules_to_save``, plus the embedding and output layers when the recipe added tokens."""
     chosen = list(recipe.lora_modules_to_save or [])
-    new_ids = getattr(model, "ftcore_new_token_ids", None)
+    new_ids = stash.get(NEW_TOKEN_IDS)
     if not new_ids:
         return chosen or None
     added = [name for name in embedding_layer_names(model) if name not in chosen]
     if added:
-        print(f"notice: the recipe added {len(new_ids)} token(s) the vocabulary lacked (special_tokens / tokens); "
+        log.warning(f"notice: the recipe added {len(new_ids)} token(s) the vocabulary lacked (special_tokens / tokens); "
               f"under LoRA their embeddings would stay untrained, so {' and '.join(added)} train in full and are "
               f"saved with the adapter (as if listed in lora_modules_to_save); the adapter grows accordingly")
     return chosen + added
 
 
-def lora_config(recipe, model):
+def lora_config(recipe, model, stash):
+    """The ``LoraConfig`` the recipe asks for; ``stash`` gives the model family's targets and the new tokens."""
     from peft import LoraConfig, TaskType
 
     if recipe.lora_target_linear:
         targets = linear_layer_names(model)
-    else:  # a list, one regex string, or None: the model's own default (below), else peft's
-        targets = recipe.lora_target_modules or getattr(model, "ftcore_lora_targets", None)
-    scope = getattr(model, "ftcore_lora_scope", None)  # a module path adapters stay under (vision.py)
+    else:  # a list, one regex string, or None: the model family's default (below), else peft's
+        targets = recipe.lora_target_modules or stash.get(ADAPTER_TARGETS)
+    scope = stash.get(ADAPTER_SCOPE)  # a module path adapters stay under (a vision model's language model)
     if scope and isinstance(targets, list):
         import re
 
         targets = rf"{scope}\.(.*\.)?({'|'.join(re.escape(name) for name in targets)})"
-    saved = modules_to_save(recipe, model)
+    saved = modules_to_save(recipe, model, stash)
     tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
     return LoraConfig(
         task_type=TaskType.CAUSAL_LM,
@@ -101,15 +151,26 @@ def lora_config(recipe, model):
     )
 
 
+# adapter: qlora is LoRA on the quantized base a quantization plugin loads (the qlora plugin registers
+# the name, checks load_in_4bit and loads 4-bit; a third party's quantization_config may choose another
+# scheme); the adapter itself is this plugin's, configured exactly as adapter: lora.
+LORA_ADAPTERS = ("lora", "qlora")
+
+
 @hookimpl(trylast=True)
-def inject_adapter(recipe, model):
-    if recipe.adapter != "lora":
+def inject_adapter(recipe, model, stash):
+    if recipe.adapter not in LORA_ADAPTERS:
         return None
-    return wrap(recipe, model)
+    if recipe.adapter == "qlora" and getattr(model, "hf_quantizer", None) is None:
+        raise MissingPluginError("adapter: qlora trains LoRA on a quantized base, but the model loaded unquantized "
+                                 "because no plugin provides quantization for this recipe (adapter: 'qlora'); set "
+                                 "load_in_4bit: true with the qlora plugin enabled, or use adapter: lora for a "
+                                 "16-bit base")
+    return wrap(recipe, model, stash)
 
 
-def wrap(recipe, model):
-    """The model under LoRA as the recipe configures it (also ``adapter: qlora``, on a 4-bit base: qlora.py)."""
+def wrap(recipe, model, stash):
+    """The model under LoRA as the recipe configures it."""
     from peft import PeftModel, get_peft_model
 
     if recipe.lora_model_dir:
@@ -119,12 +180,245 @@ def wrap(recipe, model):
             raise FtcoreError(f"lora_model_dir: cannot load an adapter from '{recipe.lora_model_dir}': {exc}") from exc
     else:
         try:
-            peft_model = get_peft_model(model, lora_config(recipe, model))
+            peft_model = get_peft_model(model, lora_config(recipe, model, stash))
         except ValueError as exc:
             raise FtcoreError(f"lora_target_modules: {exc}") from exc
     trainable, total = peft_model.get_nb_trainable_parameters()
     targets = peft_model.peft_config["default"].target_modules
-    print(f"{recipe.adapter}: r={recipe.lora_r} alpha={recipe.lora_alpha} on "
+    log.info(f"{recipe.adapter}: r={recipe.lora_r} alpha={recipe.lora_alpha} on "
           f"{targets if isinstance(targets, str) else sorted(targets)}; "
           f"trainable {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)")
     return peft_model
+
+# ── ftcore merge RUN_DIR [--out DIR] ─────────────────────────────────────────
+# ``ftcore merge RUN_DIR [--out DIR]``: fold a run's LoRA adapter into its base model.
+#
+#     ftcore merge outputs/my-run                       # -> outputs/my-run/merged
+#     ftcore merge outputs/my-run --out my-model
+#     ftcore merge --base meta-llama/Llama-3.1-8B-Instruct --adapter some/adapter --out my-model
+#
+# The base is always the original model in 16-bit (bf16 where the GPU supports
+# it, else fp16) or fp32 on CPU, never a quantized one: a QLoRA run trained on a
+# 4-bit copy of ``base_model``, and its adapter is folded into the unquantized
+# weights. The result is a plain transformers model (``config.json`` +
+# ``*.safetensors``) with the run's tokenizer and chat template. It is written
+# to a temporary folder next to ``--out`` and renamed at the end, so a failure
+# leaves nothing half-written.
+#
+# The lora plugin registers this command (``register_commands``); importing this
+# module imports neither torch nor transformers, so ``ftcore --help`` stays fast.
+
+MERGE_HELP = "merge a run's LoRA adapter into its base model and save a plain transformers model"
+
+ADAPTER_CONFIG = "adapter_config.json"
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+
+
+def configure_merge(parser):
+    parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR",
+                        help="a run folder written by `ftcore run` (adapter files and recipe.yaml)")
+    parser.add_argument("--out", metavar="DIR", help="where to write the merged model (default: RUN_DIR/merged)")
+    parser.add_argument("--base", metavar="MODEL",
+                        help="base model (folder or Hub id); with --adapter, instead of RUN_DIR "
+                             "(default: the adapter's base_model_name_or_path)")
+    parser.add_argument("--adapter", metavar="DIR", help="a peft LoRA adapter folder, instead of RUN_DIR")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto",
+                        help="precision to merge and save in (auto: bf16 on a GPU that supports it, "
+                             "else fp16 on GPU, fp32 on CPU)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+
+
+# ---------------------------------------------------------------- what to merge (no torch needed)
+
+def _merge_read_recipe(run_dir: Path) -> dict:
+    import yaml
+
+    file = run_dir / "recipe.yaml"
+    if not file.is_file():
+        raise FtcoreError(f"{run_dir} has no recipe.yaml, so it is not an ftcore run folder; for an adapter "
+                          f"from elsewhere use: ftcore merge --base MODEL --adapter {run_dir} --out DIR")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise FtcoreError(f"{file}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict) or not data.get("base_model"):
+        raise FtcoreError(f"{file} names no base_model; cannot tell which model to merge into")
+    return data
+
+
+def _merge_check_adapter(adapter_dir: Path, run_folder: bool) -> dict:
+    import json
+
+    if not adapter_dir.is_dir():
+        raise FtcoreError(f"no such folder: {adapter_dir}")
+    file = adapter_dir / ADAPTER_CONFIG
+    if not file.is_file():
+        if (adapter_dir / "config.json").is_file() and any(adapter_dir.glob("*.safetensors")):
+            what = "a full fine-tuning run" if run_folder else "a complete model, not an adapter"
+            raise FtcoreError(f"nothing to merge: {adapter_dir} holds {what} (config.json and model weights, "
+                              f"no {ADAPTER_CONFIG}); it already loads with "
+                              f"AutoModelForCausalLM.from_pretrained('{adapter_dir}')")
+        raise FtcoreError(f"nothing to merge: {adapter_dir} has no {ADAPTER_CONFIG} (no adapter was saved there)")
+    config = json.loads(file.read_text(encoding="utf-8"))
+    peft_type = str(config.get("peft_type", "")).upper()
+    if peft_type not in ("LORA", ""):
+        raise FtcoreError(f"{file}: peft_type {peft_type} cannot be merged into the weights; "
+                          f"only LoRA adapters can (load it with PeftModel.from_pretrained instead)")
+    if not any(adapter_dir.glob("adapter_model.*")):
+        raise FtcoreError(f"nothing to merge: {adapter_dir} has {ADAPTER_CONFIG} but no adapter_model.safetensors")
+    return config
+
+
+def _merge_inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _merge_check_out(out: Path, sources: list[Path], overwrite: bool, run_folder: bool) -> None:
+    for i, source in enumerate(sources):
+        if _merge_inside(source, out) and i > 0:
+            raise FtcoreError(f"--out {out} is or contains the base model's folder {source}; "
+                              f"choose another folder")
+        if _merge_inside(source, out):
+            what = "run folder" if run_folder else "adapter folder"
+            raise FtcoreError(
+                f"--out {out} is the {what} {source}{' or contains it' if out != source else ''}: ftcore never "
+                f"merges in place. The merged weights would replace the adapter the run saved, and a QLoRA "
+                f"run's base is 4-bit, so merging into that quantized base would lose precision; the merge "
+                f"loads the original 16-bit base instead. Choose another folder, e.g. --out {source / 'merged'}")
+    if out.exists() and not out.is_dir():
+        raise FtcoreError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FtcoreError(f"--out {out} is not empty; pass --overwrite to replace it, or choose another folder")
+
+
+# ---------------------------------------------------------------- the merge
+
+def _merge_dtype(choice: str):
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if choice == "auto":
+        choice = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    return choice, {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[choice], cuda
+
+
+def _merge_load_base(base: str, model_class: str | None, dtype, device: str, trust_remote_code: bool, revision):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cls = transformers_class(model_class, AutoModelForCausalLM, "model_type")
+    try:
+        config = AutoConfig.from_pretrained(base, trust_remote_code=trust_remote_code, revision=revision)
+    except OSError as exc:
+        raise FtcoreError(f"cannot load the base model '{base}': {exc}") from exc
+    if getattr(config, "quantization_config", None):
+        qc = config.quantization_config
+        method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", "quantized")
+        raise FtcoreError(f"the base model '{base}' is a quantized checkpoint ({method}); merging into a "
+                          f"quantized base would round the merged weights to its precision. Give the original "
+                          f"16-bit model with --base")
+    try:
+        return cls.from_pretrained(base, dtype=dtype, device_map={"": device}, low_cpu_mem_usage=True,
+                                   trust_remote_code=trust_remote_code, revision=revision)
+    except OSError as exc:
+        raise FtcoreError(f"cannot load the base model '{base}': {exc}") from exc
+
+
+def _merge_load_tokenizer(sources, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    for source in sources:
+        if Path(source).is_dir() and not (Path(source) / "tokenizer_config.json").is_file():
+            continue
+        try:
+            return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code), source
+        except (OSError, ValueError):
+            continue
+    return None, None
+
+
+def merge_command(args) -> int:
+    import os
+    import shutil
+    import time
+
+    run_folder = args.run_dir is not None
+    if run_folder and (args.base or args.adapter):
+        raise FtcoreError("give either RUN_DIR, or --base/--adapter for an adapter from elsewhere, not both")
+    if not run_folder and not args.adapter:
+        raise FtcoreError("nothing to merge: give a run folder (ftcore merge RUN_DIR) "
+                          "or an adapter (ftcore merge --base MODEL --adapter DIR --out DIR)")
+
+    if run_folder:
+        adapter_dir = Path(args.run_dir)
+        if not adapter_dir.is_dir():
+            raise FtcoreError(f"no such run folder: {adapter_dir}")
+        recipe = _merge_read_recipe(adapter_dir)
+        _merge_check_adapter(adapter_dir, run_folder=True)
+        base = str(recipe["base_model"])
+        model_class = recipe.get("model_type")
+        trust = bool(recipe.get("trust_remote_code"))
+        revision = recipe.get("revision_of_model")
+        out = Path(args.out) if args.out else adapter_dir / "merged"
+        sources = [adapter_dir.resolve()]
+        tokenizer_sources = [str(adapter_dir), recipe.get("tokenizer_config") or base]
+        quantized = [bits for key, bits in (("load_in_4bit", "4-bit"), ("load_in_8bit", "8-bit")) if recipe.get(key)]
+    else:
+        if not args.out:
+            raise FtcoreError("--out DIR is required with --adapter")
+        adapter_dir = Path(args.adapter)
+        config = _merge_check_adapter(adapter_dir, run_folder=False)
+        base = args.base or config.get("base_model_name_or_path")
+        if not base:
+            raise FtcoreError(f"{adapter_dir / ADAPTER_CONFIG} names no base_model_name_or_path; give --base MODEL")
+        model_class, trust, revision = None, False, None
+        out = Path(args.out)
+        sources = [adapter_dir.resolve()]
+        tokenizer_sources = [str(adapter_dir), base]
+        quantized = []
+    if Path(base).expanduser().exists():
+        sources.append(Path(base).expanduser().resolve())
+    _merge_check_out(out.resolve(), sources, args.overwrite, run_folder)
+
+    start = time.time()
+    import torch  # noqa: F401  (torch, transformers and peft load from here on)
+    from peft import PeftModel
+
+    name, dtype, cuda = _merge_dtype(args.dtype)
+    device = "cuda" if cuda else "cpu"
+    note = f" (the run trained on a {'/'.join(quantized)} copy of it; merging into the original weights)" \
+        if quantized else ""
+    print(f"merge: base {base} in {name} on {device}{note}", flush=True)
+    model = _merge_load_base(base, model_class, dtype, device, trust, revision)
+
+    tokenizer, tokenizer_source = _merge_load_tokenizer(tokenizer_sources, trust)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if tokenizer is not None and len(tokenizer) > rows:  # the run added tokens and resized the embeddings
+        print(f"merge: resizing the embeddings {rows} -> {len(tokenizer)} for the tokens the run added", flush=True)
+        model.resize_token_embeddings(len(tokenizer))
+
+    print(f"merge: adapter {adapter_dir}", flush=True)
+    try:
+        model = PeftModel.from_pretrained(model, str(adapter_dir), torch_device=device)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise FtcoreError(f"the adapter in {adapter_dir} does not fit the base model '{base}': {exc}") from exc
+    model = model.merge_and_unload()
+
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.merging-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        print(f"merge: saving to {out}", flush=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+    tok = f"tokenizer from {tokenizer_source}" if tokenizer is not None else "no tokenizer found (add one yourself)"
+    print(f"merged: {out} ({size / 2**20:,.1f} MiB of weights, {name}; {tok}) in {time.time() - start:.1f}s")
+    return 0

@@ -8,8 +8,7 @@ labels -100 only the first token of each example, which is never predicted).
 
 import math
 
-from ftcore import hookimpl
-from ftcore.data import IGNORE_INDEX
+from ftcore.api import IGNORE_INDEX, hookimpl
 
 FTCORE_CONTRACT = "1"
 

@@ -12,16 +12,48 @@
   otherwise). Unlike peft's ``prepare_model_for_kbit_training`` it leaves the
   embeddings and output head in 16 bits: upcasting them costs 2 GB on Llama
   3.1 8B for nothing, as they are frozen.
-- ``inject_adapter``: ``adapter: qlora`` is LoRA on the 4-bit base, configured
-  exactly as ``adapter: lora`` (``lora.py``). ``adapter: lora`` with
-  ``load_in_8bit`` (8-bit LoRA) goes through ``lora.py`` itself.
+- the adapter: ``adapter: qlora`` (registered here) is LoRA on the 4-bit base,
+  which the lora plugin injects exactly as ``adapter: lora``; so does
+  ``adapter: lora`` with ``load_in_8bit`` (8-bit LoRA).
 
 No torch or transformers at import time: ``ftcore validate`` stays light.
 """
 
-from ftcore import FtcoreError, hookimpl
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ftcore.api import FtcoreError, RecipeKeys, hookimpl
 
 FTCORE_CONTRACT = "1"
+
+
+class QuantizationKeys(RecipeKeys):
+    """Axolotl's bitsandbytes keys (top level)."""
+
+    load_in_4bit: bool = Field(False, description="load the base in 4 bits (NF4 by default): QLoRA")
+    load_in_8bit: bool = Field(False, description="load the base in 8 bits (LLM.int8)")
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type")
+    bnb_4bit_use_double_quant: bool = Field(True, description="quantize the quantization constants too")
+    bnb_4bit_quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] | None = Field(
+        None, description="storage dtype of the packed 4-bit weights; a float type to shard them (ZeRO-3, FSDP)")
+    bnb_config_kwargs: dict[str, Any] | None = Field(None, description="more BitsAndBytesConfig arguments; win over the above")
+
+
+    def cross_checks(self):
+        if self.load_in_4bit and self.load_in_8bit:
+            return [("load_in_8bit", "load_in_4bit and load_in_8bit are both true; choose one")]
+        return []
+
+
+@hookimpl(trylast=True)
+def recipe_keys(register):
+    register(QuantizationKeys)
+
+
+@hookimpl(trylast=True)
+def register_adapters(register):
+    register("qlora", "LoRA on a 4-bit base (needs load_in_4bit: true)")
 
 
 def quantized(recipe) -> bool:
@@ -31,7 +63,7 @@ def quantized(recipe) -> bool:
 @hookimpl(trylast=True)
 def validate_recipe(recipe, error):
     if recipe.load_in_4bit and recipe.load_in_8bit:
-        return  # a schema cross-check (Recipe.cross_checks) reports it; the rules below assume one of them
+        return  # QuantizationKeys.cross_checks reports it; the rules below assume one of them
     if recipe.adapter == "qlora" and not recipe.load_in_4bit:
         hint = ("for LoRA on an 8-bit base use adapter: lora with load_in_8bit: true"
                 if recipe.load_in_8bit else "or use adapter: lora for a 16-bit base")
@@ -56,7 +88,7 @@ def quantization_config(recipe):
     import torch
     from transformers import BitsAndBytesConfig
 
-    from ftcore.device import precision, torch_dtype
+    from ftcore.api import precision, torch_dtype
 
     if recipe.load_in_8bit:
         kwargs = {"load_in_8bit": True}
@@ -80,8 +112,8 @@ def quantization_config(recipe):
 
 
 @hookimpl(trylast=True)
-def prepare_model(recipe, model, tokenizer):
-    """k-bit preparation; runs after huggingface.prepare_model (registered before it) resized the embeddings."""
+def prepare_model(recipe, model):
+    """k-bit preparation; runs after the ``embeddings`` built-in resized the vocabulary (BUILTINS order)."""
     if not (getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)):
         return
     import torch
@@ -106,10 +138,27 @@ def prepare_model(recipe, model, tokenizer):
             gradient_checkpointing_kwargs=recipe.gradient_checkpointing_kwargs or {"use_reentrant": False})
 
 
-@hookimpl(trylast=True)
-def inject_adapter(recipe, model):
-    if recipe.adapter != "qlora":
-        return None
-    from ftcore.plugins import lora
+class _QuietCpuKernels:
+    """bitsandbytes warns on CPU that an optional kernel package (which would download from the Hub)
+    is missing, and falls back to its own kernels: say nothing, for this run only."""
 
-    return lora.wrap(recipe, model)
+    LOGGER = "bitsandbytes.backends.cpu.ops"
+
+    @staticmethod
+    def filter(record):
+        return record.levelno >= 40  # errors still show
+
+
+@hookimpl(trylast=True)
+def run_started(recipe):
+    if quantized(recipe):
+        import logging
+
+        logging.getLogger(_QuietCpuKernels.LOGGER).addFilter(_QuietCpuKernels)
+
+
+@hookimpl(trylast=True)
+def run_finished(recipe):
+    import logging
+
+    logging.getLogger(_QuietCpuKernels.LOGGER).removeFilter(_QuietCpuKernels)

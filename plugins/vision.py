@@ -5,25 +5,29 @@ The plugin claims a run when the base model's config has a ``vision_config``
 
 - ``load_tokenizer``: the model's processor (``AutoProcessor``, or
   ``processor_type``) with its PIL image processor (no torchvision); the run
-  gets the processor's tokenizer, which carries the processor as
-  ``ftcore_processor``.
-- data: ``type: chat_template`` rows may give a message's content as a list
-  of parts, ``{"type": "image", "path" | "url" | "base64": ...}`` and
-  ``{"type": "text", "text": ...}``, or an ``images`` column beside string
-  contents. ``chat_template.py`` renders each image as ``<|image|>`` and calls
-  ``example`` here: every image is resolved (a path against the data file's
-  folder) and opened once at preparation, so a missing or corrupt image stops
-  the run naming the file, row and image (or is skipped and counted with
-  ``on_invalid_example: skip``); the example keeps only references.
+  gets the processor's tokenizer, and the processor goes in ``stash[PROCESSOR]``.
+- data: the handler of ``image`` content parts (``register_content_parts``).
+  Conversation rows (``type: chat_template``, ``sharegpt``) may give a
+  message's content as a list of parts, ``{"type": "image", "path" | "url" |
+  "base64": ...}`` and ``{"type": "text", "text": ...}``, or an ``images``
+  column beside string contents. Each image becomes ``<|image|>`` in the text
+  (``image_part``); ``finish_images`` resolves every image (a path against the
+  data file's folder) and opens it once at preparation, so a missing or corrupt
+  image stops the run naming the file, row and image (or is skipped and counted
+  with ``on_invalid_example: skip``); the example keeps only references, in its
+  ``images`` extra.
 - ``load_model``: ``AutoModelForImageTextToText`` (``model_type`` to choose);
   quantization (``load_in_4bit``) skips the vision tower and projector, which
   stay 16-bit.
 - ``prepare_model``: the vision tower and projector are frozen
-  (``freeze_mm_modules``, default true); LoRA by default targets the language
-  model's self-attention, cross-attention and MLP projections only.
-- ``build_collator``: ``VisionCollator`` loads images lazily through a bounded
-  cache and builds ``pixel_values``, ``aspect_ratio_ids``,
-  ``aspect_ratio_mask`` and ``cross_attention_mask`` per batch.
+  (``freeze_mm_modules``, default true; ``stash[FROZEN_MODULES]`` keeps them
+  so under full fine-tuning); LoRA by default targets the language model's
+  self-attention, cross-attention and MLP projections only
+  (``stash[ADAPTER_TARGETS]``, ``stash[ADAPTER_SCOPE]``).
+- ``build_collator``: ``VisionCollator`` reads each example's ``images`` extra,
+  loads the images lazily through a bounded cache and builds ``pixel_values``,
+  ``aspect_ratio_ids``, ``aspect_ratio_mask`` and ``cross_attention_mask`` per
+  batch.
 - evaluator ``exact_match``: greedy generation of each validation example's
   last reply, scored by exact match after normalising case and space.
 
@@ -41,13 +45,17 @@ import json
 import re
 from collections import OrderedDict
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ftcore import FtcoreError, hookimpl
-from ftcore.data import IGNORE_INDEX, RowError
+from ftcore.api import (ADAPTER_SCOPE, ADAPTER_TARGETS, FROZEN_MODULES, IGNORE_INDEX, PROCESSOR, FtcoreError,
+                        PaddingCollator, RecipeKeys, RowError, finish_tokenizer, from_pretrained, get_logger, hookimpl,
+                        packs, transformers_class)
 
 FTCORE_CONTRACT = "1"
+
+log = get_logger(__name__)
 
 IMAGE_TOKEN = "<|image|>"
 LANGUAGE_MODEL = r"(.*\.)?language_model"  # where adapters go while the vision modules are frozen
@@ -64,6 +72,23 @@ class VisionOptions(BaseModel):
     max_images: int = Field(1, ge=1, description="images one row may have (Llama 3.2 Vision is trained with one)")
     image_cache_size: int = Field(256, ge=0, description="decoded images the collator keeps in memory")
     eval_max_new_tokens: int = Field(32, ge=1, description="tokens the exact_match evaluator generates at most")
+
+
+class VisionKeys(RecipeKeys):
+    """Axolotl's multimodal keys (top level)."""
+
+    processor_type: str | None = Field(None, description="processor class for multimodal models")
+    image_size: int | list[int] | None = Field(
+        None, description="vision: resize images to this (or [height, width]) first")
+    image_resize_algorithm: Literal["bilinear", "bicubic", "lanczos", "nearest"] | None = Field(
+        None, description="vision: how image_size resizes; default bilinear")
+    freeze_mm_modules: bool | None = Field(
+        None, description="vision: keep the vision tower and projector frozen (default true)")
+
+
+@hookimpl(trylast=True)
+def recipe_keys(register):
+    register(VisionKeys)
 
 
 def options(recipe) -> VisionOptions:
@@ -136,8 +161,6 @@ def validate_recipe(recipe, error):
     if kind not in SUPPORTED:
         error("base_model", f"is a '{kind}' vision model; ftcore fine-tunes {', '.join(SUPPORTED)} "
                             f"(Llama 3.2 Vision) vision models")
-    from ftcore.data.pack import packs
-
     if packs(recipe):
         error("sample_packing", "cannot pack conversations with images (each example's images and "
                                 "cross-attention belong to its own rows); set sample_packing: false "
@@ -254,7 +277,7 @@ def check_image(ref: dict, where: str) -> None:
                        "unreadable image") from None
 
 
-def row_images(row, field: str, messages: list, found: list, token: str) -> list:
+def row_images(found: list, field: str, column: list, messages: list, token: str) -> list:
     """The row's images in order: image parts (``found``) with their sources, or the ``field`` column.
 
     Image parts without a source (``{"type": "image"}``, as Hugging Face vision data sets write them)
@@ -262,8 +285,6 @@ def row_images(row, field: str, messages: list, found: list, token: str) -> list
     get the images' tokens before the first user message's text. Returns ``[(image, index in the
     column or None)]``.
     """
-    column = row.get(field)
-    column = [] if column is None else column if isinstance(column, list) else [column]
     placeholders = [part for part in found if not _has_source(part)]
     if not column:
         if placeholders:
@@ -297,21 +318,38 @@ def _hub_reference(spec, row: int, field: str, index: int) -> dict:
             "data_files": spec.data_files, "row": row - 1, "column": field, "index": index}
 
 
-def example(segments, images: list, ctx, token: str, spec=None):
-    """A conversation's segments and ``[(image, column index)]`` -> the example, images resolved and checked.
+def image_part(part) -> str:
+    """The ``image`` content-part handler: an image part of a message -> the image token standing for it."""
+    token = image_token(part.row.ctx.tokenizer)
+    if token is None:
+        raise RowError(f"{part.where}: unsupported content part (an image): the tokenizer has no {IMAGE_TOKEN} "
+                       f"token; train a vision model (Llama 3.2 Vision) on rows with images", "unsupported content")
+    return token
+
+
+def finish_images(row) -> None:
+    """Once per conversation row: its images (parts, or the ``images`` column) counted against their
+    tokens, resolved (a path against the data file's folder), opened once, and kept as references in
+    the example's ``images`` extra, which ``VisionCollator`` reads.
 
     Images of a Hub data set's column (decoded by ``datasets``) are kept as a reference to their
-    row; every other image is opened once here.
+    row; every other image is opened here, so a bad one is a bad row before training starts.
     """
-    from ftcore.data.tokenize import tokenize_segments
-
+    ctx, spec = row.ctx, row.dataset
+    field, column = row.columns.get("image", ("images", []))
+    token = image_token(ctx.tokenizer)
+    if token is None:
+        if column:
+            raise RowError(f"field '{field}' holds images, but the tokenizer has no image token: "
+                           f"train a vision model (Llama 3.2 Vision) on it", "unsupported content")
+        return
+    images = row_images([part.data for part in row.parts.get("image", [])], field, column, row.messages, token)
+    row.untrained.add(token)  # also where a column's images were placed: image tokens never train
+    placed = sum(m["content"].count(token) for m in row.messages)
     if not images:
-        if any(token in text for text, _trained in segments):
+        if placed:
             raise RowError(f"the text has {token} but the row gives no image", "image count")
-        return segments
-    result = tokenize_segments(segments, ctx.tokenizer)
-    token_id = ctx.tokenizer.convert_tokens_to_ids(token)
-    placed = sum(1 for t in result["input_ids"] if t == token_id)
+        return
     if placed != len(images):
         raise RowError(f"the text has {placed} {token} token(s) but the row gives {len(images)} image(s)",
                        "image count")
@@ -319,28 +357,33 @@ def example(segments, images: list, ctx, token: str, spec=None):
     if len(images) > limit:
         raise RowError(f"{len(images)} images, more than the {limit} the model accepts in one row "
                        f"(vision.max_images)", "too many images")
-    file, row = ctx.extras.get("file"), ctx.extras.get("row")
-    hub = spec is not None and file == spec.path and row is not None and not Path(file).exists()
+    file, number = ctx.extras.get("file"), ctx.extras.get("row")
+    hub = file == spec.path and number is not None and not Path(file).exists()
     base = Path(file).parent if file else Path.cwd()
     refs = []
     for i, (image, index) in enumerate(images):
         if hub and index is not None and hasattr(image, "size"):
-            refs.append(_hub_reference(spec, row, spec.options.field_images, index))
+            refs.append(_hub_reference(spec, number, field, index))
             continue
         ref = reference(image, base, f"image {i + 1}")
         check_image(ref, f"image {i + 1}")
         refs.append(ref)
-    result["labels"] = [IGNORE_INDEX if t == token_id else label
-                        for t, label in zip(result["input_ids"], result["labels"])]
-    result["images"] = refs
-    return result
+    row.extras["images"] = refs
+
+
+image_part.finish = finish_images  # the row-level step (see ftcore.api.ContentRow)
+
+
+@hookimpl(trylast=True)
+def register_content_parts(register):
+    register("image", image_part)
 
 
 # ── tokenizer/processor and model ────────────────────────────────────────────
 
 
 @hookimpl(trylast=True)
-def load_tokenizer(recipe):
+def load_tokenizer(recipe, stash):
     kind = vision_model_type(recipe)
     if not kind:
         return None
@@ -349,13 +392,10 @@ def load_tokenizer(recipe):
                           f"{', '.join(SUPPORTED)} (Llama 3.2 Vision)")
     from transformers import AutoProcessor
 
-    from ftcore.data.pack import packs
-    from ftcore.plugins.huggingface import _transformers_class, finish_tokenizer
-
     if packs(recipe):  # validate_recipe says so too when the config can be read before the run
         raise FtcoreError("sample_packing: cannot pack conversations with images; set sample_packing: false "
                           "(and eval_sample_packing: false) for vision models")
-    cls = _transformers_class(recipe.processor_type, AutoProcessor, "processor_type")
+    cls = transformers_class(recipe.processor_type, AutoProcessor, "processor_type")
     source = recipe.tokenizer_config or recipe.base_model
     try:  # the PIL image processor: the fast one needs torchvision
         processor = cls.from_pretrained(source, trust_remote_code=recipe.trust_remote_code,
@@ -364,9 +404,8 @@ def load_tokenizer(recipe):
         raise FtcoreError(f"base_model: cannot load a processor from '{source}': {exc}") from exc
     if getattr(processor, "image_processor", None) is None or getattr(processor, "tokenizer", None) is None:
         raise FtcoreError(f"processor_type: {type(processor).__name__} has no image processor and tokenizer")
-    tokenizer = finish_tokenizer(recipe, processor.tokenizer)
-    tokenizer.ftcore_processor = processor
-    return tokenizer
+    stash[PROCESSOR] = processor
+    return finish_tokenizer(recipe, processor.tokenizer, stash)
 
 
 @hookimpl(trylast=True)
@@ -375,12 +414,10 @@ def load_model(recipe, quantization_config):
         return None
     from transformers import AutoModelForImageTextToText
 
-    from ftcore.plugins.huggingface import _transformers_class, from_pretrained
-
     if quantization_config is not None and getattr(quantization_config, "llm_int8_skip_modules", None) is None:
         # the language model is quantized; the vision tower, projector and output head stay 16-bit
         quantization_config.llm_int8_skip_modules = [rf".*{name}" for name in MULTIMODAL_MODULES] + ["lm_head"]
-    cls = _transformers_class(recipe.model_type, AutoModelForImageTextToText, "model_type")
+    cls = transformers_class(recipe.model_type, AutoModelForImageTextToText, "model_type")
     return from_pretrained(recipe, quantization_config, cls)
 
 
@@ -394,17 +431,19 @@ def _multimodal_modules(model):
 
 
 @hookimpl(trylast=True)
-def prepare_model(recipe, model, tokenizer):
+def prepare_model(recipe, model, tokenizer, stash):
     config = getattr(model, "config", None)
     if getattr(config, "vision_config", None) is None:
         return
     text_config = getattr(config, "text_config", None)
     if text_config is not None:
         text_config.use_cache = False
-    model.ftcore_lora_targets = list(LORA_TARGETS)
+    stash[ADAPTER_TARGETS] = list(LORA_TARGETS)
     if freezes_vision(recipe):
-        model.ftcore_lora_scope = LANGUAGE_MODEL
-        print(f"vision: the vision tower and projector are frozen ({_freeze(model):,} parameters; "
+        stash[ADAPTER_SCOPE] = LANGUAGE_MODEL  # adapters stay in the language model
+        # full fine-tuning keeps them frozen too (the full plugin reads this)
+        stash[FROZEN_MODULES] = [rf"(^|\.){re.escape(name)}\." for name, _module in _multimodal_modules(model)]
+        log.info(f"vision: the vision tower and projector are frozen ({_freeze(model):,} parameters; "
               f"freeze_mm_modules: false trains them)")
 
 
@@ -418,30 +457,11 @@ def _freeze(model) -> int:
 
 
 @hookimpl(trylast=True)
-def inject_adapter(recipe, model):
-    """Full fine-tuning of a vision model: as ``full.py`` does, with the vision modules frozen again."""
-    if recipe.adapter is not None or getattr(getattr(model, "config", None), "vision_config", None) is None:
-        return None
-    from ftcore.plugins import full
-
-    model = full.inject_adapter(recipe, model)
-    if freezes_vision(recipe):
-        frozen = _freeze(model)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        print(f"vision: {frozen:,} parameters of the vision tower and projector stay frozen; "
-              f"training {trainable:,}")
-    return model
-
-
-@hookimpl(trylast=True)
-def build_collator(recipe, tokenizer):
-    processor = getattr(tokenizer, "ftcore_processor", None)
+def build_collator(recipe, tokenizer, stash):
+    processor = stash.get(PROCESSOR)
     if processor is None:
         return None
     import torch
-
-    from ftcore.data.collate import PaddingCollator
-    from ftcore.data.pack import packs
 
     if packs(recipe):
         raise FtcoreError("sample_packing: vision examples cannot be packed; set sample_packing: false")
@@ -453,8 +473,8 @@ def build_collator(recipe, tokenizer):
 
 
 @hookimpl(trylast=True)
-def save_artifacts(recipe, model, tokenizer, output_dir):
-    processor = getattr(tokenizer, "ftcore_processor", None)
+def save_artifacts(recipe, model, tokenizer, output_dir, stash):
+    processor = stash.get(PROCESSOR)
     if processor is None:
         return None
     processor.chat_template = tokenizer.chat_template  # the template training used

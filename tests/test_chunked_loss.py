@@ -8,7 +8,7 @@ import torch
 from conftest import write_recipe
 from test_run import base_recipe, run_recipe
 
-from ftcore.chunked_loss import ChunkedLoss
+from ftcore.plugins.chunked_loss import ChunkedLoss
 from ftcore.errors import FtcoreError
 
 
@@ -115,6 +115,39 @@ def test_a_run_with_chunked_loss_logs_the_same_losses(tiny_llama, alpaca_file, t
     assert len(plain_train) == 4 and len(plain_eval) == 2
     assert chunked_train == pytest.approx(plain_train, rel=1e-5)  # accumulation over 2 micro-batches included
     assert chunked_eval == pytest.approx(plain_eval, rel=1e-5)  # evaluation saw real logits, before and after
+
+
+def test_the_run_trains_with_the_plugins_loss_through_the_training_loss_seam(tiny_llama, alpaca_file, tmp_path,
+                                                                             monkeypatch):
+    calls = []
+    original = ChunkedLoss.training_loss
+
+    def spy(self, model, inputs, num_items_in_batch=None):
+        calls.append(model.training)
+        return original(self, model, inputs, num_items_in_batch)
+
+    monkeypatch.setattr(ChunkedLoss, "training_loss", spy)
+    keys = base_recipe(tmp_path, tiny_llama, alpaca_file, adapter="lora", lora_target_linear=True, max_steps=3,
+                       gradient_accumulation_steps=2, chunked_cross_entropy=True)
+    result = run_recipe(write_recipe(tmp_path / "r.yaml", **keys))
+    assert "eval_loss_initial" in result.metrics and "eval_loss_final" in result.metrics
+    assert calls == [True] * 6  # every training micro-batch (3 steps x 2), and no evaluation
+
+
+def test_without_the_plugin_chunked_cross_entropy_is_refused_naming_the_disabled_plugin(monkeypatch):
+    from ftcore.errors import RecipeError
+    from ftcore.plugins_manager import load_plugins
+    from ftcore.recipe import validate
+    from ftcore.recipe.load import RawRecipe
+
+    monkeypatch.setenv("FTCORE_DISABLE_PLUGINS", "chunked_loss")
+    raw = RawRecipe({"base_model": "org/model", "datasets": [{"path": "d.jsonl", "type": "alpaca"}],
+                     "chunked_cross_entropy": True}, None)
+    with pytest.raises(RecipeError) as info:
+        validate(raw, load_plugins())
+    [(key, message)] = info.value.problems
+    assert key == "chunked_cross_entropy"
+    assert "no plugin provides" in message and "FTCORE_DISABLE_PLUGINS may provide it: chunked_loss" in message
 
 
 @pytest.mark.parametrize("engine", [{"deepspeed": "zero3"}, {"fsdp": ["full_shard", "auto_wrap"]}])

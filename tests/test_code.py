@@ -23,8 +23,8 @@ from ftcore.data import IGNORE_INDEX
 from ftcore.artifacts import read_metrics
 from ftcore.data.prepare import prepare_datasets, set_chat_template
 from ftcore.errors import DataError, RecipeError
-from ftcore.plugins.code import (STOP, CodeExecSection, evaluate_code, load_problems, metrics, pass_at_k, program, score,
-                                 shipped_problems, truncate)
+from ftcore.plugins.code.evaluator import (AT, STOP, CodeExecSection, evaluate_code, load_problems, metrics, pass_at_k,
+                                           program, score, shipped_problems, truncate)
 from ftcore.plugins_manager import load_plugins
 from ftcore.recipe import validate
 from ftcore.recipe.load import RawRecipe
@@ -449,11 +449,14 @@ class CannedModel(torch.nn.Module):
         return torch.tensor([row + [options["pad_token_id"]] * (width - len(row)) for row in rows])
 
 
-def eval_context(model, tokenizer, **section):
-    from ftcore.evaluation import EvalContext
+def eval_context(model, tokenizer, evaluation=None, **section):
+    """The ``EvalContext`` of one evaluation: ``evaluation`` holds its ``step``, ``max_steps`` and ``phase``
+    (by default the final one); ``section`` is the recipe's ``code_exec:``."""
+    from ftcore.testing import eval_context as kit_eval_context
 
     recipe = make_recipe(evaluators=["loss", "code_exec"], val_set_size=0.1, code_exec=section)
-    return EvalContext(model=model, tokenizer=tokenizer, recipe=recipe, dataset=[], collator=None, batch_size=1)
+    return kit_eval_context(model, tokenizer, [], recipe, collator=list, batch_size=1, plugins=PLUGINS,
+                            **(evaluation or {}))
 
 
 def test_the_evaluator_generates_cuts_runs_and_scores(qwen):
@@ -479,18 +482,45 @@ def test_a_tokenizer_without_a_pad_token_generates_one_prompt_at_a_time(llama):
     assert [call["batch"] for call in model.calls] == [1, 1, 1]
 
 
-def test_code_exec_runs_only_at_the_evaluations_at_names(qwen, monkeypatch):
-    from ftcore.plugins import code
+def evaluation_at(step, max_steps=10):
+    """What the trainer tells an evaluator at ``step`` (``EvalContext.step``, ``max_steps``, ``phase``)."""
+    from ftcore.evaluation import phase_of
 
+    return {"step": step, "max_steps": max_steps, "phase": phase_of(step, max_steps)}
+
+
+def test_code_exec_runs_only_at_the_evaluations_at_names(qwen):
     model = CannedModel(qwen, {p["prompt"]: p["canonical_solution"] for p in PROBLEMS})
     ran = {}
     for step, expected in ((0, "start"), (5, "steps"), (10, "end")):
-        monkeypatch.setattr(code, "_TRAINING", {"step": step, "max_steps": 10})
-        assert code.phase() == expected
-        ran[expected] = evaluate_code(eval_context(model, qwen, max_problems=1))
+        evaluation = evaluation_at(step)
+        assert AT[eval_context(model, qwen, evaluation).phase] == expected
+        ran[expected] = evaluate_code(eval_context(model, qwen, evaluation, max_problems=1))
     assert ran["steps"] == {} and ran["start"] == ran["end"] == {"code_pass@1": 1.0, "code_problems": 1}
-    monkeypatch.setattr(code, "_TRAINING", {"step": 5, "max_steps": 10})
-    assert evaluate_code(eval_context(model, qwen, max_problems=1, at=["steps"]))["code_pass@1"] == 1.0
+    during = eval_context(model, qwen, evaluation_at(5), max_problems=1, at=["steps"])
+    assert evaluate_code(during)["code_pass@1"] == 1.0
+
+
+def test_code_exec_errors_name_the_plugin_or_the_file(qwen, tmp_path):
+    """Through the core's wrapper (as a run calls it): a crash names the plugin; a bad file is the user's."""
+    from ftcore.errors import PluginError
+
+    class Broken(CannedModel):
+        def generate(self, input_ids, attention_mask, **options):
+            raise RuntimeError("CUDA out of memory")
+
+    recipe = make_recipe(evaluators=["code_exec"], val_set_size=0.1)
+    evaluator = hooks.chosen_evaluators(PLUGINS, recipe)["code_exec"]
+    with pytest.raises(PluginError) as err:
+        evaluator(eval_context(Broken(qwen, {}), qwen, max_problems=1))
+    message = str(err.value)
+    assert "plugin 'code'" in message and "its evaluator 'code_exec'" in message
+    assert "RuntimeError: CUDA out of memory" in message and "FTCORE_DISABLE_PLUGINS=code" in message
+    problems = write_jsonl(tmp_path / "mine.jsonl", PROBLEMS[:1])
+    context = eval_context(CannedModel(qwen, {}), qwen, problems=str(problems))
+    problems.unlink()  # gone between validation and the evaluation
+    with pytest.raises(DataError, match=r"^code_exec.problems: .*mine.jsonl: no such file$"):
+        evaluator(context)
 
 
 def test_a_problem_file_of_the_users(qwen, tmp_path):
@@ -612,3 +642,41 @@ def test_the_shipped_code_recipes_validate():
         first = (REPO / "recipes" / f"{name}.yaml").read_text().splitlines()[0]
         assert first == f"# ftcore run recipes/{name}.yaml"
 
+
+
+# ── the plugin boundary: code is one plugin, and ftcore works without it ────
+
+
+def ftcore_cli(*args, cwd, **env):
+    import os
+    import subprocess
+    import sys
+
+    environment = {k: v for k, v in os.environ.items() if k not in ("FTCORE_DISABLE_PLUGINS", "PYTHONPATH")}
+    environment.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **env)
+    return subprocess.run([sys.executable, "-m", "ftcore", *args], capture_output=True, text=True, cwd=cwd,
+                          env=environment, timeout=300)
+
+
+def test_without_the_code_plugin_quickstart_validates_and_its_formats_are_gone(tmp_path):
+    """Deleted from a copy of the tree (package and BUILTINS line), or blocked by its short name `code`:
+    the quickstart still validates, and `type: fim` / `type: code_repo` are unknown formats."""
+    from ftcore.testing import tree_without
+
+    site = tree_without("code", tmp_path / "site")
+    folder = write_sources(tmp_path / "src")
+    recipe = write_recipe(tmp_path / "fim.yaml", base_model="unused/model",
+                          datasets=[{"path": str(folder), "type": "fim"}, {"path": str(folder), "type": "code_repo"}])
+    assert ftcore_cli("validate", str(recipe), cwd=tmp_path).returncode == 0  # with the plugin: valid
+    for how, env in (("deleted", {"PYTHONPATH": site}), ("blocked", {"FTCORE_DISABLE_PLUGINS": "code"})):
+        imported = ftcore_cli("plugins", "--json", cwd=tmp_path, **env)
+        names = {row["name"] for row in json.loads(imported.stdout)["plugins"]}
+        assert "code" not in names and "alpaca" in names, how
+        quickstart = ftcore_cli("validate", "quickstart", cwd=tmp_path, **env)
+        assert quickstart.returncode == 0, (how, quickstart.stdout + quickstart.stderr)
+        done = ftcore_cli("validate", str(recipe), cwd=tmp_path, **env)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, (how, done.stderr)
+        assert "datasets[0].type: unknown format 'fim'" in done.stderr, (how, done.stderr)
+        assert "datasets[1].type: unknown format 'code_repo'" in done.stderr, (how, done.stderr)
+        if how == "blocked":
+            assert "plugins disabled by FTCORE_DISABLE_PLUGINS may provide it: code" in done.stderr, done.stderr

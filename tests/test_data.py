@@ -27,7 +27,8 @@ from ftcore import hooks
 from ftcore.data import IGNORE_INDEX, FormatContext
 from ftcore.data.prepare import format_row, prepare_datasets, set_chat_template
 from ftcore.errors import DataError, FtcoreError
-from ftcore.plugins.formats.alpaca import PREAMBLE, PREAMBLE_WITH_INPUT
+from ftcore.api import ALPACA_PREAMBLE as PREAMBLE
+from ftcore.api import ALPACA_PREAMBLE_WITH_INPUT as PREAMBLE_WITH_INPUT
 from ftcore.plugins_manager import load_plugins
 from ftcore.recipe import validate
 from ftcore.recipe.load import RawRecipe

@@ -81,7 +81,7 @@ def run(setup, name):
         extra = ["gradient_accumulation_steps=2"]
         if adapter == "full":  # as if a launcher had started this one process: `--nproc 2` must not launch again
             extra.append("--nproc=2")
-            from ftcore.launch import free_port
+            from ftcore.plugins.distributed.launch import free_port
 
             env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
                    "MASTER_PORT": str(free_port())}
@@ -383,7 +383,8 @@ def test_fsdp_needs_gpus_and_says_so_on_a_machine_without(tmp_path):
 def test_launch_commands_parse_with_each_launchers_own_parser():
     from torch.distributed.run import get_args_parser
 
-    from ftcore.launch import Plan, accelerate_argv, deepspeed_argv, torchrun_argv
+    from ftcore.api import Plan
+    from ftcore.plugins.distributed.launch import accelerate_argv, deepspeed_argv, torchrun_argv
 
     command = ["run", "r.yaml", "lr=1"]
     plan = Plan(nproc=4, nnodes=2, node_rank=1, master_addr="10.0.0.1", master_port=29400)
@@ -423,7 +424,8 @@ def test_bad_launch_flags_fail_before_anything_starts(tmp_path, flags, words):
 def test_failure_message_names_the_rank_that_died_not_the_ones_stopped_after():
     from types import SimpleNamespace
 
-    from ftcore.launch import Plan, failure_message
+    from ftcore.api import Plan
+    from ftcore.plugins.distributed.launch import failure_message
 
     failures = {0: SimpleNamespace(local_rank=0, pid=10, exitcode=-15),
                 3: SimpleNamespace(local_rank=1, pid=11, exitcode=-9)}
@@ -443,3 +445,116 @@ def test_fsdp_without_gpus_fails_once_before_any_process_starts(tmp_path):
     result = ftcore("run", path, f"output_dir={tmp_path / 'out'}", "--nproc", "2")
     assert result.returncode == 2 and result.stderr.count("FSDP runs on GPUs only") == 1
     assert "launch:" not in result.stdout and "Traceback" not in result.stderr
+
+
+def test_launcher_is_a_key_of_the_plugin_and_an_unknown_one_is_refused(tmp_path):
+    from ftcore.errors import RecipeError
+
+    assert recipe(tmp_path, launcher="accelerate").launcher == "accelerate"
+    with pytest.raises(RecipeError) as error:
+        recipe(tmp_path, launcher="mpirun")
+    assert "launcher" in str(error.value) and "torchrun, accelerate, deepspeed" in str(error.value)
+
+
+def test_launching_is_the_plugins_answer_and_the_engines_get_a_process_group_even_of_one(tmp_path, monkeypatch):
+    from ftcore import hooks
+    from ftcore.api import Plan
+    from ftcore.plugins.distributed import launch
+    from ftcore.plugins_manager import load_plugins
+
+    started = []
+    monkeypatch.setattr(launch, "launch", lambda plan, command, launcher: started.append((plan.nproc, launcher)) or 0)
+    plugins = load_plugins()
+    assert hooks.launch_processes(plugins, recipe(tmp_path), Plan(nproc=1), ["run"]) is None  # trains here
+    assert hooks.launch_processes(plugins, recipe(tmp_path, deepspeed="zero2"), Plan(nproc=1), ["run"]) == 0
+    assert hooks.launch_processes(plugins, recipe(tmp_path, launcher="deepspeed"), Plan(nproc=2), ["run"]) == 0
+    assert started == [(1, "torchrun"), (2, "deepspeed")]
+
+
+def test_ddp_keys_become_training_arguments(tmp_path):
+    from ftcore.plugins.distributed import trainer_arguments
+
+    arguments = trainer_arguments(recipe(tmp_path, ddp_timeout=12, ddp_find_unused_parameters=False))
+    assert arguments["ddp_timeout"] == 12 and arguments["ddp_find_unused_parameters"] is False
+
+
+def test_run_finished_puts_back_what_run_started_changed_for_the_run(tmp_path, monkeypatch):
+    """The accelerate patch (CPU only) and the warnings rule last for one run, not for the process."""
+    import warnings
+
+    from accelerate.state import PartialState
+
+    from ftcore import hooks
+    from ftcore.api import Stash
+    from ftcore.plugins_manager import load_plugins
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)  # one process: no process group to start
+    plugins, r, stash = load_plugins(), recipe(tmp_path, deepspeed="zero2"), Stash()
+    backend, filters = PartialState.__dict__["_prepare_backend"], list(warnings.filters)
+    hooks.run_started(plugins, r, stash)
+    assert (PartialState.__dict__["_prepare_backend"] is backend) == torch.cuda.is_available()
+    assert len(warnings.filters) == len(filters) + 1
+    assert warnings.filters[0][0] == "ignore" and warnings.filters[0][2] is FutureWarning
+    hooks.run_finished(plugins, r, stash, "completed", None)
+    assert PartialState.__dict__["_prepare_backend"] is backend
+    assert warnings.filters == filters
+
+
+def test_a_failed_collective_is_reported_in_one_line_naming_the_rank(tmp_path, monkeypatch):
+    from ftcore import hooks
+    from ftcore.api import Stash
+    from ftcore.plugins.distributed.launch import LaunchError
+    from ftcore.plugins_manager import load_plugins
+
+    plugins, r = load_plugins(), recipe(tmp_path)
+    lost = RuntimeError("[gloo] Connection closed by peer [127.0.0.1]:1234\nmore detail")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(LaunchError) as error:
+        hooks.run_finished(plugins, r, Stash(), "failed", lost)
+    assert str(error.value) == ("rank 1 lost contact with the other processes ([gloo] Connection closed by peer "
+                                "[127.0.0.1]:1234); another rank failed or stalled longer than ddp_timeout")
+    assert error.value.exit_code == 1
+    hooks.run_finished(plugins, r, Stash(), "failed", ValueError("bad value"))  # any other error stays as it is
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process has no other rank to lose
+    hooks.run_finished(plugins, r, Stash(), "failed", lost)
+
+
+WITHOUT = {"FTCORE_DISABLE_PLUGINS": "distributed"}
+
+
+def plain_recipe(tmp_path, model, **keys):
+    data = write_jsonl(tmp_path / "data.jsonl", alpaca_rows(8))
+    return write_recipe(tmp_path / "plain.yaml", base_model=str(model), datasets=[{"path": str(data), "type": "alpaca"}],
+                        sequence_len=256, micro_batch_size=2, max_steps=2, logging_steps=1, optimizer="adamw_torch",
+                        **keys)
+
+
+def test_without_the_distributed_plugin_several_processes_and_its_keys_are_refused(tmp_path):
+    """FTCORE_DISABLE_PLUGINS=distributed: --nproc 2 has nobody to launch it; the plugin's keys are unknown."""
+    plain = plain_recipe(tmp_path, tmp_path)
+    assert ftcore("validate", plain, env=WITHOUT).returncode == 0
+    result = ftcore("run", plain, f"output_dir={tmp_path / 'two'}", "--nproc", "2", env=WITHOUT)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "no plugin provides launching several processes" in result.stderr
+    assert not (tmp_path / "two").exists()
+
+    engine = write_recipe(tmp_path / "engine.yaml", base_model=str(tmp_path),
+                          datasets=[{"path": str(tmp_path / "data.jsonl"), "type": "alpaca"}],
+                          deepspeed="zero2", launcher="accelerate")
+    result = ftcore("validate", engine, env=WITHOUT)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    hint = "plugins disabled by FTCORE_DISABLE_PLUGINS may provide it: distributed"
+    lines = {line.strip().partition(":")[0]: line for line in result.stderr.splitlines()}
+    assert "no plugin provides" in lines["deepspeed"] and hint in lines["deepspeed"]
+    assert "unknown key" in lines["launcher"] and hint in lines["launcher"]
+
+
+@pytest.mark.slow
+def test_without_the_distributed_plugin_one_process_still_trains(tiny_llama, tmp_path):
+    result = ftcore("run", plain_recipe(tmp_path, tiny_llama), f"output_dir={tmp_path / 'one'}", env=WITHOUT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "launch:" not in result.stdout
+    manifest = json.loads((tmp_path / "one" / "run.json").read_text())
+    assert manifest["status"] == "completed" and manifest["world_size"] == 1
+    assert "distributed" not in [p["name"] for p in manifest["plugins"]]

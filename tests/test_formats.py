@@ -382,6 +382,67 @@ def test_llama3_2_vision_renders_an_image_token_per_image_part(llama_vision):
     assert ids.count(llama_vision.convert_tokens_to_ids("<|image|>")) == 2
 
 
+# ── content parts (register_content_parts) ─────────────────────────────────
+
+STAND_IN = "<|reserved_special_token_0|>"  # a special token of the tiny Llama 3 tokenizer
+
+
+def audio_handler(seen):
+    """A throwaway handler of ``audio`` parts, as a plugin registers it: the part's text, extras in ``finish``."""
+    from ftcore.api import ContentPart, ContentRow
+
+    def audio(part):
+        assert isinstance(part, ContentPart) and isinstance(part.row, ContentRow)
+        seen.append((part.type, part.data, part.message, part.where))
+        return STAND_IN
+
+    def finish(row):
+        seen.append(("finish", [m["content"] for m in row.messages]))
+        if row.parts.get("audio"):
+            row.extras["clips"] = [part.data["path"] for part in row.parts["audio"]]
+
+    audio.finish = finish
+    return audio
+
+
+@pytest.mark.parametrize("train_on_inputs", [False, True])
+def test_a_content_part_becomes_its_handlers_text_never_trained_and_its_extras(llama, train_on_inputs):
+    from ftcore.api import FormatContext
+    from ftcore.data.prepare import format_row
+
+    seen = []
+    recipe = make_recipe(datasets=[{"path": "unused.jsonl", "type": "chat_template"}], chat_template="llama3",
+                         train_on_inputs=train_on_inputs)
+    ctx = FormatContext(tokenizer=llama, recipe=recipe, chat_template=set_chat_template(recipe, llama, TEMPLATES),
+                        parts={"audio": (audio_handler(seen), "listener")})
+    (function, _), _ = FORMATS["chat_template"]
+    row = {"messages": [{"role": "user", "content": "What do you hear?"},
+                        {"role": "assistant", "content": [{"type": "text", "text": "Listen:"},
+                                                          {"type": "audio", "path": "a.wav"}]}]}
+    example = format_row(row, recipe.datasets[0], function, ctx)
+    assert seen == [("audio", {"type": "audio", "path": "a.wav"}, 1, "message 1"),
+                    ("finish", ["What do you hear?", f"Listen:{STAND_IN}"])]
+    assert example["clips"] == ["a.wav"]  # the handler's extras ride with the example
+    stand_in = llama.convert_tokens_to_ids(STAND_IN)
+    at = example["input_ids"].index(stand_in)
+    assert example["labels"][at] == IGNORE_INDEX  # the text standing for a part never trains
+    assert "Listen:" in trained_text(llama, example) and STAND_IN not in trained_text(llama, example)
+    text_only = format_row({"messages": CONVERSATION}, recipe.datasets[0], function, ctx)
+    assert set(text_only) == {"input_ids", "labels"}  # no parts, no extras
+
+
+def test_a_part_no_plugin_handles_is_a_bad_row_naming_its_type(llama):
+    row = {"messages": [{"role": "user", "content": [{"type": "audio", "path": "a.wav"}]},
+                        {"role": "assistant", "content": "Rain."}]}
+    with pytest.raises(ValueError, match=r"message 0: unsupported content part \{'type': 'audio', 'path': 'a.wav'\}: "
+                                         r"no installed plugin handles 'audio' parts"):
+        format_one(llama, row, "chat_template", chat_template="llama3")
+    column = {"images": ["a.png"], "messages": CONVERSATION}
+    with pytest.raises(ValueError, match="field 'images' holds image parts, but no installed plugin handles 'image'"):
+        format_one(llama, column, "chat_template", chat_template="llama3")
+    assert format_one(llama, {**column, "images": []}, "chat_template", chat_template="llama3")  # none given: fine
+
+
 def test_templates_name_the_special_tokens_a_tokenizer_lacks(llama, qwen):
     with pytest.raises(FtcoreError, match=r"chat_template: llama3_2_vision uses tokens the tokenizer lacks: <\|image\|>"):
         set_chat_template(make_recipe(chat_template="llama3_2_vision"), llama, TEMPLATES)
@@ -394,12 +455,15 @@ def test_templates_name_the_special_tokens_a_tokenizer_lacks(llama, qwen):
 
 
 def test_load_tokenizer_records_only_the_tokens_new_to_the_vocabulary(tiny_llama):
+    from ftcore.api import NEW_TOKENS, Stash
     from ftcore.plugins.huggingface import load_tokenizer
 
-    tokenizer = load_tokenizer(make_recipe(base_model=str(tiny_llama), tokens=["<|new_token|>", "<|eot_id|>"],
-                                           special_tokens={"pad_token": "<|end_of_text|>"}))
-    assert tokenizer.ftcore_new_tokens == ["<|new_token|>"]
-    assert load_tokenizer(make_recipe(base_model=str(tiny_llama))).ftcore_new_tokens == []
+    stash, plain = Stash(), Stash()
+    load_tokenizer(make_recipe(base_model=str(tiny_llama), tokens=["<|new_token|>", "<|eot_id|>"],
+                               special_tokens={"pad_token": "<|end_of_text|>"}), stash)
+    assert stash[NEW_TOKENS] == ["<|new_token|>"]
+    load_tokenizer(make_recipe(base_model=str(tiny_llama)), plain)
+    assert plain[NEW_TOKENS] == []
 
 
 def test_lora_trains_and_saves_the_embeddings_when_the_recipe_adds_tokens(tiny_llama, tmp_path, capsys):
@@ -443,20 +507,25 @@ def test_lora_leaves_the_embeddings_alone_without_new_tokens_and_keeps_tied_ones
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+    from ftcore.api import NEW_TOKEN_IDS, Stash
+    from ftcore.log import console
     from ftcore.plugins.lora import lora_config
 
     recipe = make_recipe(adapter="lora", lora_target_modules=["q_proj"])
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
-    assert lora_config(recipe, model).modules_to_save is None and "notice" not in capsys.readouterr().out
-    listed = make_recipe(adapter="lora", lora_target_modules=["q_proj"], lora_modules_to_save=["lm_head"])
-    model.ftcore_new_token_ids = [3]
-    assert lora_config(listed, model).modules_to_save == ["lm_head", "embed_tokens"]
-    assert "embed_tokens train in full" in capsys.readouterr().out
+    with console():  # the plugin's notices on stdout, as during a run
+        assert lora_config(recipe, model, Stash()).modules_to_save is None and "notice" not in capsys.readouterr().out
+        listed = make_recipe(adapter="lora", lora_target_modules=["q_proj"], lora_modules_to_save=["lm_head"])
+        added = Stash()
+        added[NEW_TOKEN_IDS] = [3]
+        assert lora_config(listed, model, added).modules_to_save == ["lm_head", "embed_tokens"]
+        assert "embed_tokens train in full" in capsys.readouterr().out
 
     tied = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True))
-    tied.ftcore_new_token_ids = [60]
-    peft_model = get_peft_model(tied, lora_config(recipe, tied))
+    added = Stash()
+    added[NEW_TOKEN_IDS] = [60]
+    peft_model = get_peft_model(tied, lora_config(recipe, tied, added))
     embed, head = peft_model.get_input_embeddings(), peft_model.get_output_embeddings()
     assert embed.modules_to_save["default"].weight is head.modules_to_save["default"].weight
     assert embed.modules_to_save["default"].weight.requires_grad

@@ -270,6 +270,19 @@ def test_an_example_longer_than_a_row_is_refused():
         first_fit_decreasing([3, 9], 8)
 
 
+def test_examples_with_extras_are_never_packed():
+    """An extra belongs to its one example: packed with others, its meaning would be lost without a word."""
+    from ftcore.data.pack import pack_examples
+    from ftcore.errors import FtcoreError
+
+    plain = [{"input_ids": [1, 2, 3], "labels": [1, 2, 3]}, {"input_ids": [4, 5], "labels": [4, 5]}]
+    assert len(pack_examples(plain, 8)[0]) == 1
+    weighted = [plain[0], {**plain[1], "weights": [0.5, 0.5]}]
+    with pytest.raises(FtcoreError, match=r"sample_packing: the examples carry extras \(weights\) that cannot be "
+                                          r"packed into shared rows; set sample_packing: false"):
+        pack_examples(weighted, 8)
+
+
 def test_packed_rows_and_their_batch_layout():
     from ftcore.data.pack import pack_examples
 

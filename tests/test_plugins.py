@@ -71,7 +71,14 @@ def add(plugins, name, source="entry point", contract=None, **impls):
 
 
 def recipe(**keys) -> Recipe:
-    return Recipe.model_validate({"base_model": "org/model", **keys})
+    """A recipe validated with the built-ins, whose plugins own keys such as ``adapter: lora``'s."""
+    from ftcore.recipe.load import RawRecipe
+
+    return validate(RawRecipe({"base_model": "org/model", **keys}, None), _BUILTIN_PLUGINS())
+
+
+def _BUILTIN_PLUGINS():
+    return load_plugins()
 
 
 class FakeDist:
@@ -328,9 +335,10 @@ def test_inject_adapter_with_nobody_answering_names_the_recipe_key():
 
 def test_inject_adapter_qlora_without_the_qlora_plugin_names_adapter(monkeypatch):
     """lora answers for 'lora', full for no adapter, qlora for 'qlora': block qlora and nobody answers."""
+    qlora = recipe(adapter="qlora", load_in_4bit=True)  # valid where the qlora plugin is installed
     monkeypatch.setenv("FTCORE_DISABLE_PLUGINS", "qlora")
     with pytest.raises(MissingPluginError, match=r"\(adapter: 'qlora'\)"):
-        hooks.inject_adapter(load_plugins(), recipe(adapter="qlora"), model=object())
+        hooks.inject_adapter(load_plugins(), qlora, model=object())
 
 
 def test_inject_adapter_returns_the_answer_of_the_plugin_that_handles_the_adapter():
@@ -342,12 +350,15 @@ def test_inject_adapter_returns_the_answer_of_the_plugin_that_handles_the_adapte
 
 
 @pytest.mark.parametrize("key", ["load_in_4bit", "load_in_8bit"])
-def test_quantization_requested_but_nobody_answers_is_a_clear_error(key):
-    plugins = Plugins()  # without the built-in qlora plugin
-    add(plugins, "shy", quantization_config=hookimpl(lambda recipe: None))
-    with pytest.raises(MissingPluginError) as err:
-        hooks.quantization_config(plugins, recipe(**{key: True}))
+def test_quantization_requested_but_nobody_answers_is_a_clear_error(key, monkeypatch):
+    """The quantization keys belong to the qlora plugin: without it, asking for them stops at validation."""
+    from ftcore.recipe.load import RawRecipe
+
+    monkeypatch.setenv("FTCORE_DISABLE_PLUGINS", "qlora")
+    with pytest.raises(RecipeError) as err:
+        validate(RawRecipe({"base_model": "org/model", key: True}, None), load_plugins())
     assert f"{key}: true" in str(err.value) and "quantization" in str(err.value)
+    assert "FTCORE_DISABLE_PLUGINS may provide it: qlora" in str(err.value)
 
 
 def test_quantization_not_requested_is_none_and_an_answer_is_passed_on():
@@ -355,7 +366,7 @@ def test_quantization_not_requested_is_none_and_an_answer_is_passed_on():
     assert hooks.quantization_config(plugins, recipe()) is None
     config = {"bits": 4}
     add(plugins, "bnb", quantization_config=hookimpl(lambda recipe: config if recipe.load_in_4bit else None))
-    assert hooks.quantization_config(plugins, recipe(load_in_4bit=True)) is config
+    assert hooks.quantization_config(plugins, recipe(load_in_4bit=True, adapter="qlora")) is config
 
 
 @pytest.mark.parametrize("hook, typed, key, keys", [
@@ -398,18 +409,30 @@ def test_trainer_arguments_merge_and_a_conflict_names_both_plugins():
 
 @pytest.mark.parametrize("key, value", [("deepspeed", "zero2.json"), ("fsdp", ["full_shard"])])
 def test_a_scale_out_key_nobody_claims_is_a_clear_error(key, value, monkeypatch):
+    """The keys belong to the distributed plugin: without it, a recipe setting them stops at validation."""
+    from ftcore.recipe.load import RawRecipe
+
     monkeypatch.setenv("FTCORE_DISABLE_PLUGINS", "distributed")  # the built-in that claims them
-    with pytest.raises(MissingPluginError) as err:
-        hooks.trainer_arguments(load_plugins(), recipe(**{key: value}))
-    assert f"no plugin provides {key}" in str(err.value) and f"remove '{key}'" in str(err.value)
+    with pytest.raises(RecipeError) as err:
+        validate(RawRecipe({"base_model": "org/model", key: value}, None), load_plugins())
+    assert "no plugin provides multi-GPU engines" in str(err.value) and f"remove '{key}'" in str(err.value)
 
 
 def test_a_plugin_that_claims_deepspeed_satisfies_it(monkeypatch):
+    """A third party owns the flat key ``deepspeed`` in place of the disabled built-in."""
+    from pydantic import BaseModel
+
+    from ftcore.recipe.load import RawRecipe
+
+    class Keys(BaseModel):
+        deepspeed: str | None = None
+
     monkeypatch.setenv("FTCORE_DISABLE_PLUGINS", "distributed")
     plugins = load_plugins()
-    add(plugins, "ds", trainer_arguments=hookimpl(
+    add(plugins, "ds", recipe_keys=hookimpl(lambda register: register(Keys)), trainer_arguments=hookimpl(
         lambda recipe: {"deepspeed": recipe.deepspeed} if recipe.deepspeed else None))
-    assert hooks.trainer_arguments(plugins, recipe(deepspeed="zero2.json")) == {"deepspeed": "zero2.json"}
+    r = validate(RawRecipe({"base_model": "org/model", "deepspeed": "zero2.json"}, None), plugins)
+    assert hooks.trainer_arguments(plugins, r) == {"deepspeed": "zero2.json"}
 
 
 def test_trainer_callbacks_and_save_artifacts_gather_from_every_plugin(tmp_path):

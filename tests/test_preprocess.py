@@ -37,6 +37,15 @@ TEMPLATES = hooks.chat_templates(PLUGINS)
 # ── helpers ────────────────────────────────────────────────────────────────
 
 
+@pytest.fixture(autouse=True)
+def _messages_on_stdout():
+    """ftcore's messages (data: cached to ..., notices) on stdout, as the CLI shows them."""
+    from ftcore.log import console
+
+    with console():
+        yield
+
+
 @pytest.fixture
 def llama(tiny_llama):
     """A fresh tokenizer per test: some tests add tokens to it."""
@@ -164,7 +173,9 @@ def test_a_change_to_the_key_rebuilds(llama, alpaca_file, tmp_path, change, caps
 
 
 def test_the_chat_template_text_is_in_the_key(llama, chat_file, tmp_path):
-    from ftcore.plugins.formats.templates import LLAMA3
+    from ftcore.api import CHAT_TEMPLATES
+
+    LLAMA3 = CHAT_TEMPLATES["llama3"]
 
     prepared = tmp_path / "prepared"
     keys = {"datasets": [{"path": str(chat_file), "type": "chat_template"}], "chat_template": "llama3",
@@ -239,7 +250,7 @@ def test_a_hub_dataset_is_keyed_by_name_and_revision(llama, tmp_path, capsys):
 
 def test_every_recipe_key_a_builtin_format_reads_is_in_the_key():
     read = set()
-    for path in (REPO / "plugins" / "formats").glob("*.py"):
+    for path in [*(REPO / "plugins" / "formats").glob("*.py"), REPO / "core" / "data" / "chat.py"]:
         read |= set(re.findall(r"\brecipe\.([a-z_]+)", path.read_text(encoding="utf-8")))
     assert read, "the formats read no recipe key? the pattern is wrong"
     missing = read - set(cache.RECIPE_KEYS)
@@ -417,7 +428,7 @@ def test_a_cache_written_with_two_processes_is_reused_by_one(llama, alpaca_file,
 SIZED = textwrap.dedent('''
     """type: sized -- rows {"length": n, "trained": k}: n tokens, the last k trained."""
     from ftcore import hookimpl
-    from ftcore.data import RowError
+    from ftcore.api import RowError
 
     FTCORE_CONTRACT = "1"
 
@@ -740,3 +751,217 @@ def test_a_second_run_reuses_the_prepared_data(tiny_llama, alpaca_file, tmp_path
     assert [m["data"]["cache"]["reused"] for m in manifests] == [False, True]
     assert manifests[0]["data"]["files"] == manifests[1]["data"]["files"]
     assert manifests[0]["data"]["train"] == manifests[1]["data"]["train"]
+
+
+# ── a third party's examples: extras, and formats or handlers that raise ────
+
+EXTRAS = textwrap.dedent('''
+    """Formats giving extras, formats that fail, an ``audio`` part whose handler fails, a collator that looks."""
+    import json
+    import os
+
+    from ftcore import hookimpl
+    from ftcore.api import PaddingCollator, RecipeKeys
+
+    FTCORE_CONTRACT = "1"
+
+
+    class Keys(RecipeKeys):
+        weight_scale: float = 1.0
+
+
+    def weighted(row, dataset, ctx):
+        ids = [10 + i for i in range(row["length"])]
+        scale = ctx.recipe.weight_scale
+        return {"input_ids": ids, "labels": ids, "weights": [row["weight"] * scale] * row["length"],
+                "source": {"id": row["id"], "tags": ("a", "b")}}
+
+
+    def boom(row, dataset, ctx):
+        return {"input_ids": [10, 11, 12], "labels": [10, 11, 12], "note": row["note"]}  # KeyError without a note
+
+
+    def unjsonable(row, dataset, ctx):
+        return {"input_ids": [10, 11, 12], "labels": [10, 11, 12], "weights": {1.5}}
+
+
+    def audio(part):
+        raise ValueError("no audio decoder here")
+
+
+    class Looking:
+        """Pads, and writes each batch's weights to $EXTRAS_SEEN."""
+
+        def __init__(self, tokenizer):
+            self.padding = PaddingCollator(tokenizer.pad_token_id)
+
+        def __call__(self, examples):
+            with open(os.environ["EXTRAS_SEEN"], "a", encoding="utf-8") as fh:
+                fh.write(json.dumps([e.get("weights") for e in examples]) + "\\n")
+            return self.padding(examples)
+
+
+    @hookimpl(tryfirst=True)
+    def build_collator(recipe, tokenizer, stash):
+        return Looking(tokenizer) if os.environ.get("EXTRAS_SEEN") else None
+
+
+    @hookimpl
+    def recipe_keys(register):
+        register(Keys)
+
+
+    @hookimpl
+    def register_dataset_formats(register):
+        register("weighted", weighted)
+        register("boom", boom)
+        register("unjsonable", unjsonable)
+
+
+    @hookimpl
+    def register_content_parts(register):
+        register("audio", audio)
+''')
+
+WEIGHTED_ROWS = [{"length": 4 + i % 3, "weight": 0.5 + i, "id": f"r{i}"} for i in range(8)]
+
+
+@pytest.fixture
+def extras_plugin(tmp_path, monkeypatch):
+    folder = tmp_path / "plugin"
+    folder.mkdir()
+    (folder / "extras_format.py").write_text(EXTRAS, encoding="utf-8")
+    monkeypatch.delitem(sys.modules, "extras_format", raising=False)  # this test's copy, not an earlier one's
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setenv("PYTHONPATH", str(folder) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return "extras_format"
+
+
+def extras_recipe(tmp_path, model, plugin, rows, type, **keys):
+    write_jsonl(tmp_path / f"{type}.jsonl", rows)
+    return write_recipe(tmp_path / "r.yaml", **{**dict(base_model=str(model), plugins=[plugin], sequence_len=32,
+                                                       datasets=[{"path": f"{type}.jsonl", "type": type}],
+                                                       dataset_prepared_path="prepared"), **keys})
+
+
+def test_a_formats_extras_are_cached_reused_and_dumped(tiny_llama, tmp_path, extras_plugin, monkeypatch, capsys):
+    recipe = extras_recipe(tmp_path, tiny_llama, extras_plugin, WEIGHTED_ROWS, "weighted")
+    monkeypatch.chdir(tmp_path)
+    assert main(["preprocess", str(recipe)]) == 0
+    assert "data: cached to prepared/" in capsys.readouterr().out
+    assert main(["preprocess", str(recipe), "--dump", "dump.jsonl"]) == 0
+    assert "data: reused cache prepared/" in capsys.readouterr().out
+    records = [json.loads(line) for line in (tmp_path / "dump.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["weights"] for r in records] == [[row["weight"]] * row["length"] for row in WEIGHTED_ROWS]
+    assert [r["source"] for r in records] == [{"id": row["id"], "tags": ["a", "b"]} for row in WEIGHTED_ROWS]
+    assert [r["row"] for r in records] == list(range(1, 9))
+    # the reused examples carry their extras as the format gave them (in their JSON form)
+    from ftcore.api import Stash
+
+    plugins = load_plugins()
+    plugins.add_recipe_plugins([extras_plugin])
+    from ftcore.recipe import load_raw
+
+    validated = validate(load_raw(str(recipe), [], {}), plugins)
+    tokenizer = hooks.load_tokenizer(plugins, validated, Stash())
+    template = set_chat_template(validated, tokenizer, hooks.chat_templates(plugins))
+    data = load_or_prepare(validated, tokenizer, hooks.dataset_formats(plugins), template,
+                           parts=hooks.content_parts(plugins), plugins=plugins)
+    assert data.stats["cache"]["reused"]
+    fresh = prepare_datasets(validated, tokenizer, hooks.dataset_formats(plugins), template)
+    assert data.examples == fresh.examples and data.examples[0]["weights"] == [0.5] * 4
+
+
+def test_a_plugin_key_that_changes_examples_rebuilds_the_cache(tiny_llama, tmp_path, extras_plugin, monkeypatch,
+                                                              capsys):
+    recipe = extras_recipe(tmp_path, tiny_llama, extras_plugin, WEIGHTED_ROWS, "weighted")
+    monkeypatch.chdir(tmp_path)
+    assert main(["preprocess", str(recipe)]) == 0
+    assert main(["preprocess", str(recipe), "weight_scale=2", "--dump", "dump.jsonl"]) == 0
+    out = capsys.readouterr().out
+    assert "reused" not in out and len(entries(tmp_path / "prepared")) == 2
+    first = json.loads((tmp_path / "dump.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    assert first["weights"] == [1.0] * 4
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_format_that_raises_names_its_plugin_the_file_and_the_row(tiny_llama, tmp_path, extras_plugin,
+                                                                    monkeypatch, capsys, processes):
+    rows = [{"note": f"n{i}"} for i in range(2100)]  # over PARALLEL_MIN_ROWS: two processes do share the work
+    del rows[2049]["note"]
+    recipe = extras_recipe(tmp_path, tiny_llama, extras_plugin, rows, "boom", dataset_processes=processes)
+    monkeypatch.chdir(tmp_path)
+    assert main(["preprocess", str(recipe)]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: boom.jsonl: row 2050: plugin '{extras_plugin}' ({extras_plugin}, "), err
+    assert "raised in its dataset format 'boom': KeyError: 'note'" in err
+    assert f"remove '{extras_plugin}' from the recipe's plugins: list" in err and "Traceback" not in err
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_a_bad_row_before_a_failing_row_is_reported_first_with_two_processes(tiny_llama, tmp_path, extras_plugin,
+                                                                            monkeypatch, capsys):
+    rows = [{"note": f"n{i}"} for i in range(2100)]
+    del rows[2049]["note"]
+    write_jsonl(tmp_path / "boom.jsonl", rows)
+    lines = (tmp_path / "boom.jsonl").read_text(encoding="utf-8").splitlines()
+    lines[2048] = "{not json"  # row 2049, in the same chunk of rows as row 2050 (CHUNK_ROWS)
+    (tmp_path / "boom.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    recipe = write_recipe(tmp_path / "r.yaml", base_model=str(tiny_llama), plugins=[extras_plugin],
+                          datasets=[{"path": "boom.jsonl", "type": "boom"}], dataset_processes=2)
+    monkeypatch.chdir(tmp_path)
+    assert main(["preprocess", str(recipe)]) == 2
+    assert capsys.readouterr().err.startswith("error: boom.jsonl: row 2049: malformed JSON")
+
+
+def test_extras_that_are_not_json_are_the_plugins_error(tiny_llama, tmp_path, extras_plugin, monkeypatch, capsys):
+    recipe = extras_recipe(tmp_path, tiny_llama, extras_plugin, [{"n": 1}], "unjsonable")
+    monkeypatch.chdir(tmp_path)
+    assert main(["preprocess", str(recipe)]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: unjsonable.jsonl: row 1: plugin '{extras_plugin}' ({extras_plugin}, "), err
+    assert "its dataset format 'unjsonable' gave no usable example: the example's extra 'weights' is not " \
+           "JSON-serialisable" in err
+
+
+def test_a_content_part_handler_that_raises_names_its_own_plugin(tiny_llama, tmp_path, extras_plugin, monkeypatch,
+                                                                  capsys):
+    rows = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
+            {"messages": [{"role": "user", "content": [{"type": "audio", "path": "a.wav"}]},
+                          {"role": "assistant", "content": "Hello"}]}]
+    recipe = extras_recipe(tmp_path, tiny_llama, extras_plugin, rows, "chat_template", chat_template="llama3")
+    monkeypatch.chdir(tmp_path)
+    assert main(["preprocess", str(recipe)]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: chat_template.jsonl: row 2: plugin '{extras_plugin}' ({extras_plugin}, "), err
+    assert "raised in its 'audio' content-part handler: ValueError: no audio decoder here" in err
+
+
+def test_the_key_covers_the_content_part_handlers_source(llama, tmp_path, alpaca_file, extras_plugin):
+    import importlib
+
+    module = importlib.import_module(extras_plugin)
+    recipe = make_recipe(**alpaca_keys(alpaca_file, tmp_path / "p"))
+    plain, _ = cache_key(recipe, llama, FORMATS)
+    first, parts = cache_key(recipe, llama, FORMATS, None, {"audio": (module.audio, extras_plugin)})
+    assert first != plain and parts["content_parts"]["audio"]["plugin"] == extras_plugin
+    source = tmp_path / "plugin" / f"{extras_plugin}.py"
+    source.write_text(source.read_text(encoding="utf-8") + "# a change\n", encoding="utf-8")
+    assert cache_key(recipe, llama, FORMATS, None, {"audio": (module.audio, extras_plugin)})[0] != first
+
+
+@pytest.mark.slow
+def test_a_formats_extras_reach_the_collator(tiny_llama, tmp_path, extras_plugin, monkeypatch):
+    from test_run import run_recipe
+
+    seen = tmp_path / "seen.jsonl"
+    monkeypatch.setenv("EXTRAS_SEEN", str(seen))
+    monkeypatch.chdir(tmp_path)
+    recipe = extras_recipe(tmp_path, tiny_llama, extras_plugin, WEIGHTED_ROWS, "weighted", val_set_size=0,
+                           micro_batch_size=4, max_steps=2, learning_rate=1e-3, output_dir=str(tmp_path / "out"),
+                           dataset_prepared_path=str(tmp_path / "prepared"))
+    run_recipe(recipe)
+    batches = [json.loads(line) for line in seen.read_text(encoding="utf-8").splitlines()]
+    given = sorted(map(json.dumps, ([row["weight"]] * row["length"] for row in WEIGHTED_ROWS)))
+    assert batches and all(len(b) == 4 for b in batches)
+    assert sorted(json.dumps(w) for b in batches[:2] for w in b) == given

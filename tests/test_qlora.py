@@ -117,6 +117,66 @@ def test_a_third_party_quantization_plugin_is_used_instead_of_the_builtin(tiny_l
     assert base_layers(result.model) == {"Linear8bitLt"}  # 8-bit, as the plugin said, not the built-in 4-bit
 
 
+def test_the_embeddings_are_resized_before_the_k_bit_preparation(tiny_llama, alpaca_file, monkeypatch):
+    """prepare_model's order (hookspecs): the embeddings built-in resizes the vocabulary, then qlora prepares."""
+    import functools
+    import inspect
+
+    from ftcore import hooks
+    from ftcore.api import NEW_TOKEN_IDS, Stash
+    from ftcore.plugins import embeddings, qlora
+    from ftcore.plugins_manager import load_plugins
+    from ftcore.recipe import validate
+    from ftcore.recipe.load import RawRecipe
+
+    seen = []  # (plugin, rows of the input embeddings when its prepare_model was called)
+
+    def spy(name, implementation):
+        @functools.wraps(implementation)  # same hook marker and parameters: pluggy registers it unchanged
+        def prepare_model(*args):
+            model = inspect.signature(implementation).bind(*args).arguments["model"]
+            seen.append((name, model.get_input_embeddings().num_embeddings))
+            return implementation(*args)
+
+        return prepare_model
+
+    monkeypatch.setattr(embeddings, "prepare_model", spy("embeddings", embeddings.prepare_model))
+    monkeypatch.setattr(qlora, "prepare_model", spy("qlora", qlora.prepare_model))
+    from transformers import AutoConfig, AutoTokenizer
+
+    vocabulary, rows = len(AutoTokenizer.from_pretrained(tiny_llama)), AutoConfig.from_pretrained(tiny_llama).vocab_size
+    added = [f"<|new_{i}|>" for i in range(rows - vocabulary + 2)]  # more tokens than the embeddings have rows
+    plugins = load_plugins()  # a fresh manager: it registers the spies
+    recipe = validate(RawRecipe({"base_model": str(tiny_llama), "tokens": added,
+                                 "datasets": [{"path": str(alpaca_file), "type": "alpaca"}], **QLORA}, None), plugins)
+    stash = Stash()
+    tokenizer = hooks.load_tokenizer(plugins, recipe, stash)
+    model = hooks.load_model(plugins, recipe, hooks.quantization_config(plugins, recipe, stash), stash)
+    assert model.get_input_embeddings().num_embeddings == rows < len(tokenizer) and model.is_loaded_in_4bit
+    hooks.prepare_model(plugins, recipe, model, tokenizer, stash)
+    assert seen == [("embeddings", rows), ("qlora", len(tokenizer))]  # k-bit preparation saw the final vocabulary
+    assert stash[NEW_TOKEN_IDS] == list(range(vocabulary, len(tokenizer)))
+    assert not any(p.requires_grad for p in model.parameters())  # qlora froze the base, new rows included
+
+
+def test_qlora_on_a_base_that_loaded_unquantized_is_refused_with_the_fix(tiny_llama):
+    """Only a quantization plugin's base makes adapter: qlora mean QLoRA; a 16-bit one is not silently used."""
+    from transformers import AutoModelForCausalLM
+
+    from ftcore.api import FtcoreError, Stash
+    from ftcore.plugins.lora import inject_adapter
+    from ftcore.plugins_manager import load_plugins
+    from ftcore.recipe import validate
+    from ftcore.recipe.load import RawRecipe
+
+    recipe = validate(RawRecipe({"base_model": str(tiny_llama), "datasets": [{"path": "d.jsonl", "type": "alpaca"}],
+                                 **QLORA}, None), load_plugins())
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    with pytest.raises(FtcoreError, match=r"adapter: qlora trains LoRA on a quantized base, but the model loaded "
+                                          r"unquantized .*use adapter: lora for a 16-bit base"):
+        inject_adapter(recipe, model, Stash())
+
+
 def cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "ftcore", *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, timeout=120)

@@ -101,7 +101,9 @@ def test_full_fine_tuning_trains_every_weight_and_reloads_with_plain_transformer
 def test_chat_data_run_saves_the_template_used_in_training(tiny_qwen, chat_file, tmp_path):
     from transformers import AutoTokenizer
 
-    from ftcore.plugins.formats.templates import CHATML
+    from ftcore.api import CHAT_TEMPLATES
+
+    CHATML = CHAT_TEMPLATES["chatml"]
 
     keys = base_recipe(tmp_path, tiny_qwen, chat_file, adapter="lora", lora_target_modules=["q_proj", "v_proj"],
                        chat_template="chatml", max_steps=4)

@@ -1,4 +1,4 @@
-"""The sandbox that runs model-written code (ftcore.plugins.sandbox).
+"""The sandbox that runs model-written code (ftcore.plugins.code.sandbox).
 
 Each hostile program must end as a failure within its time limit, leave
 nothing behind (no process, no file outside its folder, no folder) and leave
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ftcore.plugins.sandbox import run_python
+from ftcore.plugins.code.sandbox import run_python
 
 
 def processes_mentioning(text: str) -> list[int]:

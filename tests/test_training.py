@@ -6,7 +6,10 @@ from ftcore.errors import FtcoreError, RecipeError
 from ftcore.plugins_manager import load_plugins
 from ftcore.recipe import validate
 from ftcore.recipe.load import RawRecipe
-from ftcore.train import accumulation_steps, training_arguments, wandb_environment
+from ftcore import hooks
+from ftcore.plugins.wandb import environment as wandb_environment
+from ftcore.stash import Stash
+from ftcore.train import accumulation_steps, training_arguments
 
 PLUGINS = load_plugins()
 
@@ -17,7 +20,9 @@ def recipe(**keys):
 
 
 def args(r, n_train=100, has_eval=True, precision="fp32", world_size=1, cuda=False):
-    return training_arguments(r, "out", n_train, has_eval, precision, {}, world_size, cuda)
+    """What a run passes: the core's mapping with every plugin's trainer_arguments on top."""
+    return training_arguments(r, "out", n_train, has_eval, precision, hooks.trainer_arguments(PLUGINS, r, Stash()),
+                              world_size, cuda)
 
 
 def test_core_keys_map_to_training_arguments():
@@ -95,7 +100,7 @@ def test_unfrozen_parameters_train_only_what_matches(tiny_llama):
     from ftcore.plugins.full import inject_adapter
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
-    inject_adapter(recipe(unfrozen_parameters=[r"model\.layers\.1\..*", "lm_head.weight"]), model)
+    inject_adapter(recipe(unfrozen_parameters=[r"model\.layers\.1\..*", "lm_head.weight"]), model, Stash())
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trained and all(n.startswith("model.layers.1.") or n == "lm_head.weight" for n in trained)
     assert "lm_head.weight" in trained and "model.embed_tokens.weight" not in trained

@@ -9,6 +9,7 @@ colour, so the answer can only come from the image.
 
 import base64
 import json
+import os
 
 import pytest
 import torch
@@ -28,6 +29,7 @@ from test_run import REPO, run_recipe
 PLUGINS = load_plugins()
 FORMATS = hooks.dataset_formats(PLUGINS)
 TEMPLATES = hooks.chat_templates(PLUGINS)
+PARTS = hooks.content_parts(PLUGINS)  # the image handler, as a run passes it
 SHAPE_COLOURS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}
 QUESTION = "What colour is the shape?"
 LANGUAGE_LORA = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
@@ -91,7 +93,7 @@ def make_recipe(**keys):
 
 def prepare(tokenizer, data, **keys):
     recipe = make_recipe(datasets=[{"path": str(data), "type": "chat_template"}], **keys)
-    return prepare_datasets(recipe, tokenizer, FORMATS, set_chat_template(recipe, tokenizer, TEMPLATES))
+    return prepare_datasets(recipe, tokenizer, FORMATS, set_chat_template(recipe, tokenizer, TEMPLATES), parts=PARTS)
 
 
 def vision_recipe(tmp_path, model, data, **keys):
@@ -226,7 +228,8 @@ def test_a_hub_data_set_with_an_image_column_keeps_row_references_not_images(vis
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: loads.append((a, k)) or table)
     vision._hub_dataset.cache_clear()
     recipe = make_recipe(datasets=[{"path": "someone/llava-like", "type": "chat_template"}])
-    data = prepare_datasets(recipe, vision_tokenizer, FORMATS, set_chat_template(recipe, vision_tokenizer, TEMPLATES))
+    data = prepare_datasets(recipe, vision_tokenizer, FORMATS, set_chat_template(recipe, vision_tokenizer, TEMPLATES),
+                            parts=PARTS)
     assert [e["images"] for e in data.examples] == [
         [{"dataset": "someone/llava-like", "name": None, "split": "train", "revision": None, "data_files": None,
           "row": row, "column": "images", "index": 0}] for row in (0, 1)]
@@ -282,7 +285,75 @@ def test_image_parts_need_a_vision_tokenizer(llama, tmp_path):
     recipe = make_recipe(datasets=[{"path": str(write_jsonl(folder / "d.jsonl", rows)), "type": "chat_template"}],
                          chat_template="llama3", on_invalid_example="skip")
     with pytest.raises(DataError, match="no training examples"):
-        prepare_datasets(recipe, llama, FORMATS, set_chat_template(recipe, llama, TEMPLATES))
+        prepare_datasets(recipe, llama, FORMATS, set_chat_template(recipe, llama, TEMPLATES), parts=PARTS)
+
+
+# ── without the vision plugin ────────────────────────────────────────────────
+
+
+def test_with_the_vision_plugin_blocked_image_rows_are_bad_rows_and_nothing_opens_them(vision_tokenizer, tmp_path,
+                                                                                       monkeypatch):
+    monkeypatch.setenv("FTCORE_DISABLE_PLUGINS", "vision")
+    plugins = load_plugins()
+    assert "vision" not in plugins.info and "image" not in hooks.content_parts(plugins)
+    folder = tmp_path / "data"
+    rows = shape_rows(folder, 2)
+    rows[1]["messages"][0]["content"][0]["path"] = "images/nowhere.png"  # vision would say "missing image"
+    rows += [{"images": ["images/shape0.png"], "messages": [{"role": "user", "content": QUESTION},
+                                                           {"role": "assistant", "content": "red"}]},
+             {"messages": [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": "red"}]}]
+    data = write_jsonl(folder / "rows.jsonl", rows)
+
+    def prepare_without(**keys):
+        keys = {"base_model": "unused/model", "chat_template": "llama3_2_vision",
+                "datasets": [{"path": str(data), "type": "chat_template"}], **keys}
+        recipe = validate(RawRecipe(keys, None), plugins)
+        return prepare_datasets(recipe, vision_tokenizer, hooks.dataset_formats(plugins),
+                                set_chat_template(recipe, vision_tokenizer, hooks.chat_templates(plugins)),
+                                parts=hooks.content_parts(plugins), plugins=plugins)
+
+    skipped = prepare_without(on_invalid_example="skip")
+    assert skipped.stats["train"]["rows_dropped"] == {"unsupported content": 3}
+    assert len(skipped.examples) == 1 and "images" not in skipped.examples[0]  # the text-only row trains
+    with pytest.raises(DataError, match=r"rows\.jsonl: row 1: message 0: unsupported content part .*: no installed "
+                                        r"plugin handles 'image' parts"):
+        prepare_without()
+    rows_file = write_jsonl(folder / "rows.jsonl", rows[2:])
+    assert rows_file == data
+    with pytest.raises(DataError, match=r"row 1: field 'images' holds image parts, but no installed plugin handles "
+                                        r"'image' parts"):
+        prepare_without()
+
+
+def test_with_the_vision_plugin_deleted_text_conversations_still_prepare(tiny_llama, tmp_path):
+    """The built-in removed from a copy of the tree, as if moved into its own package and not installed."""
+    import subprocess
+    import sys
+
+    from ftcore.testing import tree_without
+
+    site = tree_without("vision", tmp_path / "site")
+    folder = tmp_path / "data"
+    rows = [{"messages": [{"role": "user", "content": [{"type": "text", "text": QUESTION}]},
+                          {"role": "assistant", "content": "red"}]},
+            {"messages": [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": "blue"}]},
+            *shape_rows(folder, 1)]
+    data = write_jsonl(folder / "chat.jsonl", rows)
+    recipe = write_recipe(tmp_path / "r.yaml", base_model=str(tiny_llama), chat_template="llama3",
+                          on_invalid_example="skip", datasets=[{"path": str(data), "type": "chat_template"}])
+    env = {k: v for k, v in os.environ.items() if k != "FTCORE_DISABLE_PLUGINS"}
+    done = subprocess.run([sys.executable, "-m", "ftcore", "preprocess", str(recipe), "--dump", "dump.jsonl"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**env, "PYTHONPATH": site, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    probe = "import importlib.util as u; print(u.find_spec('ftcore.plugins.vision'))"
+    probe = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                           env={**env, "PYTHONPATH": site})
+    assert probe.stdout.strip() == "None"  # the copy really has no vision plugin
+    assert "unsupported content" in done.stdout  # the image row: dropped and counted, not a crash
+    records = [json.loads(line) for line in (tmp_path / "dump.jsonl").read_text().splitlines()]
+    assert [r["row"] for r in records] == [1, 2]
+    assert records[0]["text"].endswith("<|start_header_id|>assistant<|end_header_id|>\n\nred<|eot_id|>")
 
 
 def test_prepared_images_survive_the_cache(vision_tokenizer, shapes, tmp_path):
@@ -291,8 +362,8 @@ def test_prepared_images_survive_the_cache(vision_tokenizer, shapes, tmp_path):
     recipe = make_recipe(datasets=[{"path": str(shapes), "type": "chat_template"}],
                          dataset_prepared_path=str(tmp_path / "cache"))
     template = set_chat_template(recipe, vision_tokenizer, TEMPLATES)
-    first = load_or_prepare(recipe, vision_tokenizer, FORMATS, template)
-    second = load_or_prepare(recipe, vision_tokenizer, FORMATS, template)
+    first = load_or_prepare(recipe, vision_tokenizer, FORMATS, template, parts=PARTS)
+    second = load_or_prepare(recipe, vision_tokenizer, FORMATS, template, parts=PARTS)
     assert second.stats["cache"]["reused"] and second.examples == first.examples
     assert all(e["images"][0]["path"].endswith(".png") for e in second.examples)
 
@@ -488,12 +559,56 @@ def test_lora_targets_stay_in_the_language_model_while_the_vision_modules_are_fr
     from peft import get_peft_model
     from transformers import AutoModelForImageTextToText
 
+    from ftcore.api import Stash
     from ftcore.plugins import lora, vision
 
     recipe = make_recipe(adapter="lora", **keys)
     model = AutoModelForImageTextToText.from_pretrained(tiny_mllama, dtype=torch.float32)
-    vision.prepare_model(recipe, model, None)
-    adapted = lora_modules(get_peft_model(model, lora.lora_config(recipe, model)).state_dict())
+    stash = Stash()
+    vision.prepare_model(recipe, model, None, stash)
+    adapted = lora_modules(get_peft_model(model, lora.lora_config(recipe, model, stash)).state_dict())
     assert any("language_model" in k for k in adapted)
     assert any("vision_model" in k for k in adapted) == vision_adapted
     assert not any("multi_modal_projector" in k for k in adapted)
+
+
+@pytest.mark.slow
+def test_the_vision_module_installed_as_its_own_distribution_works_unchanged(tiny_mllama, shapes, tmp_path):
+    """plugins/vision.py, byte for byte, as the only module of a pip package, on an ftcore without it."""
+    import shutil
+    import subprocess
+    import sys
+
+    from ftcore.testing import tree_without
+
+    core = tree_without("vision", tmp_path / "core")
+    source = tmp_path / "src"
+    source.mkdir()
+    shutil.copyfile(REPO / "plugins" / "vision.py", source / "ftcore_vision.py")
+    (source / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n\n'
+        '[project]\nname = "ftcore-vision"\nversion = "9.9.0"\ndependencies = ["ftcore"]\n\n'
+        '[project.entry-points.ftcore]\nvision = "ftcore_vision"\n\n[tool.setuptools]\npy-modules = ["ftcore_vision"]\n')
+    site = tmp_path / "site"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                           "--no-index", "--target", str(site), str(source)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    env = {**{k: v for k, v in os.environ.items() if k != "FTCORE_DISABLE_PLUGINS"},
+           "PYTHONPATH": os.pathsep.join([core, str(site)]), "HF_HUB_OFFLINE": "1"}
+    listing = subprocess.run([sys.executable, "-m", "ftcore", "plugins", "--json"], capture_output=True, text=True,
+                             env=env)
+    rows = {row["name"]: row for row in json.loads(listing.stdout)["plugins"]}
+    assert (rows["vision"]["source"], rows["vision"]["package"], rows["vision"]["version"]) == \
+        ("entry point", "ftcore-vision", "9.9.0")
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "ftcore", "run", str(REPO / "recipes" / "llama32-vision-lora.yaml"),
+         f"base_model={tiny_mllama}", f"datasets=[{{path: {shapes}, type: chat_template}}]", "max_steps=2",
+         f"output_dir={out}", "optimizer=adamw_torch", "micro_batch_size=2", "val_set_size=3"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "completed" and "eval_accuracy_initial" in run["metrics"]
+    assert {"name": "vision", "package": "ftcore-vision"}.items() <= next(
+        p for p in run["plugins"] if p["name"] == "vision").items()
+    assert "processor_config.json" in run["files"]  # the plugin's save_artifacts saved the processor

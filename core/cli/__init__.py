@@ -20,20 +20,40 @@ def _recipe_arguments(parser):
                         help="override recipe keys, values in YAML: learning_rate=1e-4 'datasets[0].path=x.jsonl'")
 
 
+def _verbosity(parser, default):
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="print only warnings and errors")
+    group.add_argument("-v", "--verbose", action="store_true", default=default,
+                       help="print debug messages too")
+
+
+def _level(args):
+    import logging
+
+    if getattr(args, "quiet", None):
+        return logging.WARNING
+    if getattr(args, "verbose", None):
+        return logging.DEBUG
+    return logging.INFO
+
+
 def build_parser(plugins=None) -> argparse.ArgumentParser:
-    from ftcore.cli import merge, plugins_command, preprocess, run, validate
+    from ftcore.cli import new_plugin, plugins_command, preprocess, run, validate
 
     parser = argparse.ArgumentParser(
         prog="ftcore", description="Fine-tune large language models from one YAML recipe.",
-        epilog="Example: ftcore run recipes/llama31-lora.yaml learning_rate=1e-4",
+        epilog="Example: ftcore run quickstart learning_rate=1e-4",
     )
     parser.add_argument("--version", action="version", version=f"ftcore {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    _verbosity(parser, default=None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    for module in (run, validate, preprocess, merge, plugins_command):
+    for module in (run, validate, preprocess, plugins_command, new_plugin):
         p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+        _verbosity(p, default=argparse.SUPPRESS)
         if module.TAKES_RECIPE:
             _recipe_arguments(p)
         module.configure(p)
@@ -45,6 +65,7 @@ def build_parser(plugins=None) -> argparse.ArgumentParser:
         for name, ((help_text, configure, handler), _plugin) in commands(plugins).items():
             p = sub.add_parser(name, help=help_text, description=help_text)
             p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+            _verbosity(p, default=argparse.SUPPRESS)
             configure(p)
             p.set_defaults(handler=handler)
     return parser
@@ -56,14 +77,20 @@ def main(argv=None) -> int:
     try:
         from ftcore.plugins_manager import load_plugins
 
-        plugins = load_plugins()
+        # a plugin that cannot load is listed as refused; --version, --help and `ftcore plugins` still work
+        plugins = load_plugins(tolerate_refused=True)
         parser = build_parser(plugins)
         args = parser.parse_args(argv)
         if not getattr(args, "command", None):
             parser.print_help()
             return 0
+        if args.command not in ("plugins", "new-plugin"):  # these need no plugin to work
+            plugins.raise_refused()
         args.plugins = plugins
-        return int(args.handler(args) or 0)
+        from ftcore.log import console
+
+        with console(_level(args)):  # ftcore's messages on stdout while the command runs
+            return int(args.handler(args) or 0)
     except FtcoreError as exc:
         if debug:
             raise

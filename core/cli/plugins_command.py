@@ -17,15 +17,30 @@ def handle(args) -> int:
     plugins = args.plugins
     rows = [{"name": i.name, "module": i.module, "source": i.source, "package": i.package,
              "version": i.version, "contract": i.contract, "hooks": i.hooks} for i in plugins.info.values()]
+    refused = [{"name": i.name, "module": i.module, "source": i.source, "package": i.package,
+                "version": i.version, "error": str(error)} for i, error in plugins.refused]
     if args.json:
-        print(json.dumps({"contract": CONTRACT_VERSION, "plugins": rows, "disabled": plugins.blocked}, indent=2))
-        return 0
+        print(json.dumps({"contract": CONTRACT_VERSION, "plugins": rows, "disabled": plugins.blocked,
+                          "refused": refused}, indent=2))
+        return _report_refused(plugins)
     print(f"hook contract {CONTRACT_VERSION}")
     width = max(len(r["name"]) for r in rows)
     for r in rows:
         origin = f"{r['package']} {r['version']}" if r["package"] else r["module"]
         print(f"  {r['name']:<{width}}  {r['source']:<11}  {origin}")
         print(f"  {'':<{width}}  hooks: {', '.join(r['hooks'])}")
+    for r in refused:
+        origin = f"{r['package']} {r['version']}" if r["package"] else r["module"]
+        print(f"  {r['name']:<{width}}  {'refused':<11}  {origin}  (see the error below)")
     if plugins.blocked:
         print(f"disabled by FTCORE_DISABLE_PLUGINS: {', '.join(plugins.blocked)}")
-    return 0
+    return _report_refused(plugins)
+
+
+def _report_refused(plugins) -> int:
+    """Every plugin that could not load, on stderr; exit 3 so a script sees the installation is broken."""
+    import sys
+
+    for _info, error in plugins.refused:
+        print(f"error: {error}", file=sys.stderr)
+    return 3 if plugins.refused else 0

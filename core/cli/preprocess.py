@@ -7,9 +7,11 @@ tokens, and the length distribution of the train and eval examples.
 
 - ``--dump FILE``: one JSON object per example, in dataset order (``datasets``
   file by file, row by row, then ``test_datasets``; before the validation
-  split): ``input_ids``, ``labels``, the decoded ``text``, and where it came
-  from (``split``, ``file``, ``row``); for examples with images, ``images``:
-  their references (``path``, ``url``, or a base64 image's size).
+  split): ``input_ids``, ``labels``, the decoded ``text``, where it came
+  from (``split``, ``file``, ``row``), and the extras its format gave, each
+  under its own name as the format gave it (a vision example's ``images``:
+  their references), except that a string longer than ``LONG_TEXT``
+  characters (a base64 image) is written as its length: ``"<12,345 characters>"``.
 - ``--show N``: the first N examples with trained text in colour (``[[...]]``
   around it when stdout is not a terminal or ``NO_COLOR`` is set).
 - ``--limit N``: read only the first N rows of each dataset entry (the cache
@@ -29,6 +31,7 @@ TAKES_RECIPE = True
 
 TRAINED, UNTRAINED, RESET = "\033[1;32m", "\033[2m", "\033[0m"
 PERCENTILES = (50, 90, 99)
+LONG_TEXT = 256  # --dump writes a longer string of an example's extras as its length
 
 
 def _count(text):
@@ -40,7 +43,8 @@ def _count(text):
 
 def configure(parser):
     parser.add_argument("--dump", metavar="FILE", help="write every example as a JSON line: input_ids, labels, "
-                                                       "text, split, file, row (dataset order, before the split)")
+                                                       "text, split, file, row, extras (dataset order, before the "
+                                                       "split)")
     parser.add_argument("--limit", metavar="N", type=_count, help="read only the first N rows of each dataset")
     parser.add_argument("--show", metavar="N", type=_count, default=0,
                         help="print the first N examples, trained text in colour ([[...]] without colour)")
@@ -68,9 +72,13 @@ def handle(args) -> int:
     from ftcore.data.prepare import set_chat_template
 
     plugins = args.plugins
-    tokenizer = hooks.load_tokenizer(plugins, recipe)
+    from ftcore.stash import Stash
+
+    stash = Stash()  # the same steps as a run's data preparation
+    tokenizer = hooks.load_tokenizer(plugins, recipe, stash)
     template = set_chat_template(recipe, tokenizer, hooks.chat_templates(plugins))
-    data = load_or_prepare(recipe, tokenizer, hooks.dataset_formats(plugins), template, limit=args.limit)
+    data = load_or_prepare(recipe, tokenizer, hooks.dataset_formats(plugins), template, limit=args.limit,
+                           parts=hooks.content_parts(plugins), stash=stash, plugins=plugins)
 
     print(summary(data))
     if recipe.sample_packing or recipe.eval_sample_packing:
@@ -194,6 +202,8 @@ def write_dump(data, tokenizer, path: Path) -> None:
     """One JSON line per example; written beside ``path`` and renamed, so a failure leaves no half file."""
     import json
 
+    from ftcore.data import extras_of
+
     held = set(data.eval_index)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -203,8 +213,8 @@ def write_dump(data, tokenizer, path: Path) -> None:
                 record = {"input_ids": example["input_ids"], "labels": example["labels"],
                           "text": decode(tokenizer, example["input_ids"]), "split": "eval" if i in held else "train",
                           "file": file, "row": row}
-                if example.get("images"):
-                    record["images"] = [_image_reference(ref) for ref in example["images"]]
+                record.update((key, _shortened(value)) for key, value in extras_of(example).items()
+                              if key not in record)  # the fields above keep their meaning
                 fh.write(json.dumps(record, ensure_ascii=False) + "\n")
         os.replace(tmp, path)
     except BaseException:
@@ -212,8 +222,12 @@ def write_dump(data, tokenizer, path: Path) -> None:
         raise
 
 
-def _image_reference(ref):
-    """An image reference for the dump: paths and URLs as they are, a base64 image by its size only."""
-    if isinstance(ref, dict) and isinstance(ref.get("base64"), str):
-        return {**ref, "base64": f"<{len(ref['base64']):,} characters>"}
-    return ref
+def _shortened(value):
+    """An extra for the dump: as it is, but each string longer than ``LONG_TEXT`` as its length."""
+    if isinstance(value, str) and len(value) > LONG_TEXT:
+        return f"<{len(value):,} characters>"
+    if isinstance(value, list):
+        return [_shortened(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _shortened(item) for key, item in value.items()}
+    return value

@@ -32,27 +32,16 @@ def handle(args) -> int:
     if problems:
         raise RecipeError(problems, source=raw.source)
     from ftcore import launch
+    from ftcore.hooks import launch_processes
 
-    plan = launch.Plan(args.nproc, args.nnodes, args.node_rank, args.master_addr, args.master_port,
-                       recipe.launcher or "torchrun")
+    plan = launch.Plan(args.nproc, args.nnodes, args.node_rank, args.master_addr, args.master_port)
     launch.check(plan)
-    if launch.launched():  # a launcher started this process: train
-        launch.silence_other_ranks()
-    elif plan.distributed or recipe.deepspeed or recipe.fsdp:  # the engines need a process group, even of one
+    if not launch.launched():  # a process a launcher started trains at once; its messages: rank 0 only (ftcore.log)
         print_notes(recipe, skipped)
-        from ftcore.hooks import trainer_arguments
-
-        trainer_arguments(args.plugins, recipe)  # an engine that cannot run here fails once, not in every process
-        return launch.launch(plan, launch.child_command(args))
-    print_notes(recipe, skipped)
+        code = launch_processes(args.plugins, recipe, plan, launch.child_command(args))  # a plugin's launcher
+        if code is not None:
+            return code
     from ftcore.run import run  # torch and transformers load from here on
 
-    try:
-        run(recipe, args.plugins, overwrite=args.overwrite)
-        launch.end_process_group()
-    except Exception as exc:
-        lost = launch.lost_contact(exc)
-        if lost and not getattr(args, "debug", False):  # another rank died or hung: one line, not a traceback
-            raise launch.LaunchError(lost) from None
-        raise
+    run(recipe, args.plugins, overwrite=args.overwrite)
     return 0

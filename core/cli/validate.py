@@ -28,7 +28,8 @@ def path_problems(recipe):
     if not recipe.datasets:
         problems.append(("datasets", "required to run: at least one entry with path and type"))
     checks = [("base_model", recipe.base_model), ("base_model_config", recipe.base_model_config),
-              ("tokenizer_config", recipe.tokenizer_config), ("lora_model_dir", recipe.lora_model_dir)]
+              ("tokenizer_config", recipe.tokenizer_config)]
+    checks += [(key, recipe.get(key)) for key in recipe.path_keys()]  # plugins' keys marked as paths
     for list_key in ("datasets", "test_datasets"):
         for i, spec in enumerate(getattr(recipe, list_key) or []):
             checks.append((f"{list_key}[{i}].path", spec.path))

@@ -1,7 +1,7 @@
 """The prepared-data cache: ``dataset_prepared_path/<key>/``, reused when nothing it depends on changed.
 
 What is stored is the output of ``prepare.tokenize_datasets``: every kept
-example (``input_ids`` and ``labels``) in dataset order, where each came from
+example (``input_ids``, ``labels`` and its extras) in dataset order, where each came from
 (file and row), the files read and the row counts. Two cheap steps are redone
 on every load instead of being cached, so changing them never rebuilds the
 cache: the validation split (``val_set_size``, ``seed``: a seeded shuffle of
@@ -15,22 +15,27 @@ The key is a sha256 over (see ``cache_key``; docs/data.md, "Cache"):
   it to, when the Hub can be asked);
 - every dataset entry's settings and its format's options (with defaults);
 - each format used: its name, the plugin and package version providing it,
-  and the sha256 of the format function's source file;
+  and the sha256 of the source files of the modules its function, its
+  ``combine`` and its options model live in;
+- every content-part handler passed (``register_content_parts``): its type,
+  plugin, package version, and the sha256 of its (and its ``finish``'s) module;
 - the tokenizer: its serialized state (``backend_tokenizer.to_str()``: vocab,
   merges, normalizer, pre-tokenizer, post-processor, added tokens), its
   special tokens, and the tokenizers/transformers versions;
 - the chat template text;
-- the recipe keys that reach the data path (``RECIPE_KEYS``) and plugin
-  recipe sections;
-- ``CODE_VERSION`` and the sha256 of the data modules' source (``CODE_MODULES``).
+- the core recipe keys that reach the data path (``RECIPE_KEYS``), and every
+  plugin's flat keys and sections (a plugin's format or handler may read any of
+  its keys; a key that changes nothing costs one more preparation, never a
+  stale one);
+- ``CODE_VERSION`` and the sha256 of the core data modules' source (``CODE_MODULES``).
 
 Layout of one entry (no pickle anywhere)::
 
     <key>/meta.json      what the key was built from, counts, sources, file names
     <key>/examples.npz   input_ids, labels (int32, concatenated), offsets (int64),
                          origin_file (int32 index into meta.json's files), origin_row (int64)
-    <key>/images.json    only when examples carry images (vision.py): one list of image
-                         references (or null) per example
+    <key>/extras.json    only when examples carry extras: one JSON object (or null) per
+                         example, its extras as the format gave them
 
 An entry is written into a temporary folder and renamed into place, so a crash
 never leaves half of one; an entry that cannot be read (the zip's CRC-32 checks
@@ -53,16 +58,21 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+from ftcore.artifacts import installed_versions
+from ftcore.data import extras_of
 from ftcore.data.formats import resolve_format
 from ftcore.data.prepare import PreparedData, Tokenized, prepare_datasets, split, tokenize_datasets
-from ftcore.artifacts import installed_versions
 from ftcore.data.read import Source, file_sha256, local_files
+from ftcore.log import get_logger
+
+log = get_logger(__name__)
 
 # Bump when a change to the data path changes the examples it produces for the same
 # inputs in a way the source hashes below do not cover (a helper module, a library).
-CODE_VERSION = 1
-CODE_MODULES = ("ftcore.data.read", "ftcore.data.tokenize", "ftcore.data.prepare", "ftcore.data.cache",
-                "ftcore.plugins.formats", "ftcore.plugins.vision")  # helpers the built-in formats share
+CODE_VERSION = 2  # 2: extras.json (any extras) in place of images.json
+# the core's data path, and the public helpers formats use (``ftcore.api``)
+CODE_MODULES = ("ftcore.data", "ftcore.data.read", "ftcore.data.tokenize", "ftcore.data.prepare", "ftcore.data.cache",
+                "ftcore.data.chat", "ftcore.data.fields", "ftcore.data.templates")
 
 # Top-level recipe keys that change the prepared examples. Formats see the whole
 # recipe (``ctx.recipe``): a key a format reads must be listed here
@@ -80,13 +90,19 @@ class CorruptCache(Exception):
 # ── the key ─────────────────────────────────────────────────────────────────
 
 
-def cache_key(recipe, tokenizer, formats, chat_template=None) -> tuple[str, dict]:
-    """``(sha256 hex, the parts it was computed from)``; hashes every local data file once."""
+def cache_key(recipe, tokenizer, formats, chat_template=None, content_parts=None) -> tuple[str, dict]:
+    """``(sha256 hex, the parts it was computed from)``; hashes every local data file once.
+
+    ``content_parts`` is ``{type: (handler, plugin)}`` (``ftcore.hooks.content_parts``).
+    """
     parts = {
         "code": {"version": CODE_VERSION, **{name: _module_sha256(name) for name in CODE_MODULES}},
         "datasets": [_entry(spec, formats) for spec in recipe.datasets or []],
         "test_datasets": [_entry(spec, formats) for spec in recipe.test_datasets or []],
+        "content_parts": {kind: _handler_identity(handler, plugin)
+                          for kind, (handler, plugin) in sorted((content_parts or {}).items())},
         "recipe": {key: _plain(getattr(recipe, key)) for key in RECIPE_KEYS},
+        "plugin_keys": {plugin: _plain(keys) for plugin, keys in sorted(getattr(recipe, "_key_models", {}).items())},
         "sections": {key: _plain(section) for key, section in sorted(getattr(recipe, "_sections", {}).items())},
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "chat_template": _sha256_text(chat_template) if chat_template else None,
@@ -130,14 +146,37 @@ def _entry(spec, formats) -> dict:
 
 
 def _format_identity(type_name, formats) -> dict:
-    (function, _options), plugin = resolve_format(type_name, formats)  # a registered name or a dotted path
+    (function, options), plugin = resolve_format(type_name, formats)  # a registered name or a dotted path
     module = inspect.getmodule(function)
-    try:
-        source = _sha256_bytes(Path(inspect.getsourcefile(function)).read_bytes())
-    except (TypeError, OSError):
-        source = None
     return {"type": type_name, "plugin": plugin, "function": getattr(function, "__qualname__", repr(function)),
-            "package_version": _package_version(module.__name__ if module else ""), "source": source}
+            "package_version": _package_version(module.__name__ if module else ""),
+            "source": _source_sha256(function),
+            "modules": _modules(function, getattr(function, "combine", None), options)}
+
+
+def _handler_identity(handler, plugin) -> dict:
+    module = inspect.getmodule(handler)
+    return {"plugin": plugin, "handler": getattr(handler, "__qualname__", repr(handler)),
+            "package_version": _package_version(module.__name__ if module else ""),
+            "modules": _modules(handler, getattr(handler, "finish", None))}
+
+
+def _modules(*objects) -> dict:
+    """``{module name: sha256 of its source file}`` of the modules the objects are defined in."""
+    found = {}
+    for obj in objects:
+        module = inspect.getmodule(obj) if obj is not None else None
+        if module is not None:
+            found[module.__name__] = _source_sha256(obj)
+    return found
+
+
+def _source_sha256(obj) -> str | None:
+    """sha256 of the file ``obj`` (a function or class) is defined in; None when it has none."""
+    try:
+        return _sha256_bytes(Path(inspect.getsourcefile(obj)).read_bytes())
+    except (TypeError, OSError):
+        return None
 
 
 def _package_version(module_name: str) -> str | None:
@@ -171,7 +210,7 @@ def _hub_revision(spec) -> str | None:
 
         return HfApi().dataset_info(spec.path, revision=spec.revision).sha
     except Exception:  # offline, no such dataset, no network: keyed by name and revision as written
-        print(f"notice: {spec.path}: could not ask the Hugging Face Hub which commit this dataset is at; "
+        log.warning(f"notice: {spec.path}: could not ask the Hugging Face Hub which commit this dataset is at; "
               f"its cache entry is keyed by its name{' and revision' if spec.revision else ''} only "
               f"(set revision: to a commit to pin it)")
         return None
@@ -203,19 +242,23 @@ def _sha256_bytes(data: bytes) -> str:
 # ── load or prepare ─────────────────────────────────────────────────────────
 
 
-def load_or_prepare(recipe, tokenizer, formats, chat_template=None, limit=None) -> PreparedData:
+def load_or_prepare(recipe, tokenizer, formats, chat_template=None, limit=None, parts=None, stash=None,
+                    plugins=None) -> PreparedData:
     """Prepared data from the cache when ``dataset_prepared_path`` holds it; else prepare (and cache) it.
 
     ``data.stats["cache"]`` says which entry and whether it was reused
     (``{"path": ..., "reused": true}``); it is absent without
-    ``dataset_prepared_path``. ``limit`` (part of each dataset) bypasses the cache.
+    ``dataset_prepared_path``. ``limit`` (part of each dataset) bypasses the cache. ``parts``
+    (content-part handlers) and ``stash`` reach the formats through their ``FormatContext``;
+    ``plugins`` (the plugin manager) names a plugin whose format or handler raises.
     """
+    context = {"parts": parts or {}, "stash": stash, "plugins": plugins}
     if not recipe.dataset_prepared_path:
-        return prepare_datasets(recipe, tokenizer, formats, chat_template, limit)
+        return prepare_datasets(recipe, tokenizer, formats, chat_template, limit, **context)
     if limit:
-        print("data: only part of each dataset is read (--limit); the cache is neither read nor written")
-        return prepare_datasets(recipe, tokenizer, formats, chat_template, limit)
-    key, parts = cache_key(recipe, tokenizer, formats, chat_template)
+        log.info("data: only part of each dataset is read (--limit); the cache is neither read nor written")
+        return prepare_datasets(recipe, tokenizer, formats, chat_template, limit, **context)
+    key, built_from = cache_key(recipe, tokenizer, formats, chat_template, context["parts"])
     folder = Path(recipe.dataset_prepared_path).expanduser() / key[:KEY_CHARS]
     corrupt = False
     if folder.exists():
@@ -223,19 +266,19 @@ def load_or_prepare(recipe, tokenizer, formats, chat_template=None, limit=None) 
             tokenized = read_entry(folder, key)
         except CorruptCache as exc:
             corrupt = True
-            print(f"notice: the data cache {folder} cannot be read ({exc}); preparing the data again")
+            log.warning(f"notice: the data cache {folder} cannot be read ({exc}); preparing the data again")
         else:
             data = split(tokenized, recipe)
             data.stats["cache"] = {"path": str(folder), "reused": True}
-            print(f"data: reused cache {folder}")
+            log.info(f"data: reused cache {folder}")
             return data
-    tokenized = tokenize_datasets(recipe, tokenizer, formats, chat_template)
+    tokenized = tokenize_datasets(recipe, tokenizer, formats, chat_template, **context)
     data = split(tokenized, recipe)  # a bad val_set_size fails here, before anything is written
-    changed = _changed_while_reading(parts, tokenized.sources)
+    changed = _changed_while_reading(built_from, tokenized.sources)
     if changed:
-        print(f"notice: {changed} changed while it was being read; the prepared data is not cached")
-    elif write_entry(folder, key, parts, tokenized, replace=corrupt):
-        print(f"data: cached to {folder}")
+        log.warning(f"notice: {changed} changed while it was being read; the prepared data is not cached")
+    elif write_entry(folder, key, built_from, tokenized, replace=corrupt):
+        log.info(f"data: cached to {folder}")
     data.stats["cache"] = {"path": str(folder), "reused": False}
     return data
 
@@ -281,9 +324,9 @@ def write_entry(folder: Path, key: str, parts: dict, tokenized: Tokenized, repla
         tmp = root / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         np.savez(tmp / "examples.npz", **arrays)
-        images = [e.get("images") for e in tokenized.train + tokenized.test]
-        if any(images):
-            (tmp / "images.json").write_text(json.dumps(images), encoding="utf-8")
+        extras = [extras_of(e) or None for e in tokenized.train + tokenized.test]
+        if any(e is not None for e in extras):
+            (tmp / "extras.json").write_text(json.dumps(extras, allow_nan=False), encoding="utf-8")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str) + "\n", encoding="utf-8")
         if replace and folder.exists():  # a rename cannot replace a folder: move the broken one aside
             old = root / f".{folder.name}.old-{os.getpid()}"
@@ -296,7 +339,7 @@ def write_entry(folder: Path, key: str, parts: dict, tokenized: Tokenized, repla
                 raise
         return True
     except (OSError, OverflowError) as exc:  # OverflowError: a token id beyond int32, from a custom format
-        print(f"notice: could not write the data cache {folder} ({exc}); continuing without it")
+        log.warning(f"notice: could not write the data cache {folder} ({exc}); continuing without it")
         return False
     finally:
         if tmp is not None and tmp.exists():
@@ -346,13 +389,13 @@ def read_entry(folder: Path, key: str) -> Tokenized:
             ids, labels, bounds = arrays["input_ids"].tolist(), arrays["labels"].tolist(), offsets.tolist()
             examples = [{"input_ids": ids[a:b], "labels": labels[a:b]} for a, b in itertools.pairwise(bounds)]
             origins = [(files[f], r) for f, r in zip(arrays["origin_file"].tolist(), arrays["origin_row"].tolist())]
-        if (folder / "images.json").exists():  # image references (vision.py)
-            images = json.loads((folder / "images.json").read_text(encoding="utf-8"))
-            if len(images) != n:
-                raise CorruptCache("its images do not fit its examples")
-            for example, refs in zip(examples, images):
-                if refs:
-                    example["images"] = refs
+        if (folder / "extras.json").exists():  # the examples' extras, as their formats gave them
+            extras = json.loads((folder / "extras.json").read_text(encoding="utf-8"))
+            if not isinstance(extras, list) or len(extras) != n:
+                raise CorruptCache("its extras do not fit its examples")
+            for example, more in zip(examples, extras):
+                if more:
+                    example.update(more)
         sources = [Source(s["path"], s["sha256"], s["revision"], s["rows"]) for s in meta["sources"]]
         return Tokenized(examples[:n_train], examples[n_train:], origins, sources, meta["counts"])
     except CorruptCache:

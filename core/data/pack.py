@@ -21,13 +21,18 @@ happens without a KV cache, so packed batches carry ``use_cache=False``.
 ``eval_sample_packing`` (default: follow ``sample_packing``) packs the
 evaluation split the same way; the loss evaluator's token-weighted mean is the
 same packed or not.
+
+Examples with extras (``ftcore.data``: a vision example's images, say) are
+never packed: what an extra means for a row of several examples is the
+plugin's to say, so packing them is an error naming the extras.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from ftcore.data import IGNORE_INDEX
+from ftcore.data import IGNORE_INDEX, extras_of
+from ftcore.errors import FtcoreError
 from ftcore.errors import FtcoreError
 
 # Attention implementations that keep packed examples apart: the masking ones
@@ -97,7 +102,11 @@ def join(examples: list[dict]) -> dict:
 
 
 def pack_examples(examples: list[dict], sequence_len: int) -> tuple[list[dict], PackingStats]:
-    """Examples -> packed rows of at most ``sequence_len`` tokens, and the stats."""
+    """Examples -> packed rows of at most ``sequence_len`` tokens, and the stats; examples with extras are refused."""
+    extras = sorted({key for e in examples if len(e) > 2 for key in extras_of(e)})
+    if extras:
+        raise FtcoreError(f"sample_packing: the examples carry extras ({', '.join(extras)}) that cannot be packed "
+                          f"into shared rows; set sample_packing: false (and eval_sample_packing: false)")
     lengths = [len(e["input_ids"]) for e in examples]
     rows = [join([examples[i] for i in members]) for members in first_fit_decreasing(lengths, sequence_len)]
     return rows, PackingStats(len(examples), len(rows), sum(lengths), sequence_len)

@@ -5,6 +5,12 @@ row; ``skip``: count by reason). Over-long examples follow
 ``excess_length_strategy`` (``drop`` or ``truncate``). An empty result is an
 error, never a silent no-op.
 
+An example is ``input_ids``, ``labels`` and the JSON-serialisable extras its
+format gave, kept as they are (their JSON form). An exception a format, its
+``combine`` or a content-part handler raises (other than ``RowError`` and
+``FtcoreError``) is the plugin's: a ``PluginError`` (exit 3) naming the plugin,
+the data file and the row.
+
 Two steps: ``tokenize_datasets`` reads, formats, tokenizes and length-checks
 every row, in dataset order (the expensive part, what ``cache.py`` stores, and
 what ``dataset_processes`` spreads over worker processes); ``split`` then holds
@@ -14,17 +20,19 @@ out the validation examples (cheap, so it is redone on every load).
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import random
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ftcore.data import IGNORE_INDEX, FormatContext, RowError
-from ftcore.data.formats import format_function
+from ftcore.data import IGNORE_INDEX, FormatContext, RowError, extras_of
+from ftcore.data.formats import USER_FUNCTION, resolve_format
 from ftcore.data.read import RowProblem, read_rows
-from ftcore.data.tokenize import tokenize_segments
-from ftcore.errors import DataError
+from ftcore.data.tokenize import BadExample, tokenize_segments
+from ftcore.errors import DataError, FtcoreError, PluginError
+from ftcore.stash import Stash
 
 
 @dataclass
@@ -73,25 +81,40 @@ def _progress(rows, total, description):
 
 
 def format_row(row, spec, function, ctx) -> dict:
-    """One row -> ``{"input_ids", "labels"}`` through its format (and ``images``, when it gives them)."""
+    """One row -> ``{"input_ids", "labels", **extras}`` through its format; ``BadExample`` if it gave no example."""
     result = function(row, spec, ctx)
-    if isinstance(result, dict):
-        if "input_ids" not in result or "labels" not in result:
-            raise TypeError("a format returning a dict must give input_ids and labels")
-        if len(result["input_ids"]) != len(result["labels"]):
-            raise TypeError("input_ids and labels differ in length")
-        example = {"input_ids": list(result["input_ids"]), "labels": list(result["labels"])}
-        if result.get("images"):  # image references (vision.py), loaded only when batches are built
-            example["images"] = list(result["images"])
-        return example
-    return tokenize_segments(result, ctx.tokenizer)
+    if not isinstance(result, dict):
+        if not isinstance(result, (list, tuple)):
+            raise BadExample(f"a format returns a list of (text, trained) segments or a dict with input_ids and "
+                             f"labels, got {type(result).__name__}")
+        return tokenize_segments(result, ctx.tokenizer)
+    if "input_ids" not in result or "labels" not in result:
+        raise BadExample("a format returning a dict must give input_ids and labels")
+    if len(result["input_ids"]) != len(result["labels"]):
+        raise BadExample("input_ids and labels differ in length")
+    example = {"input_ids": list(result["input_ids"]), "labels": list(result["labels"])}
+    for key, value in result.items():
+        if key not in example:
+            example[key] = _extra(key, value)
+    return example
+
+
+def _extra(key, value):
+    """An example's extra as the cache and ``--dump`` keep it: its JSON form (a tuple becomes a list)."""
+    if not isinstance(key, str):
+        raise BadExample(f"the example's extras must have string names, got {key!r}")
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise BadExample(f"the example's extra '{key}' is not JSON-serialisable ({exc})") from None
 
 
 def format_one(row, spec, function, ctx, origin=(None, None)):
     """One read row -> an example, or the ``RowError`` that makes it a bad row.
 
     While the row is formatted, ``ctx.extras["file"]`` and ``ctx.extras["row"]`` are its origin (a
-    format resolves paths in the row, such as images, against the file: vision.py).
+    format, or a content-part handler, resolves paths in the row against the file). A ``PluginError``
+    (from a ``Blamed`` format or handler) gets the origin in front.
     """
     ctx.extras["file"], ctx.extras["row"] = origin
     try:
@@ -100,13 +123,80 @@ def format_one(row, spec, function, ctx, origin=(None, None)):
         return format_row(row, spec, function, ctx)
     except RowError as exc:
         return exc
+    except PluginError as exc:
+        raise PluginError(f"{_where(origin)}{exc}") from exc
+    except BadExample as exc:
+        if isinstance(function, Blamed):
+            raise PluginError(f"{_where(origin)}{function.bad_example(exc)}") from exc
+        raise
 
 
-def _examples(specs, recipe, ctx, formats, counts, sources, origins, limit=None):
+def _where(origin) -> str:
+    file, number = origin
+    return f"{file}: row {number}: " if file is not None else ""
+
+
+class Blamed:
+    """A format, its ``combine`` or a content-part handler, called so that an exception it raises names it.
+
+    ``RowError`` and ``FtcoreError`` pass unchanged (the plugin speaking to the user); any other exception
+    becomes a ``PluginError`` (exit 3) saying ``who`` raised in ``what``, with ``hint`` (how to disable the
+    plugin). A plain object, so it pickles to ``dataset_processes`` workers with the function it wraps.
+    """
+
+    def __init__(self, function, who: str, what: str, hint: str = ""):
+        self.function, self.who, self.what, self.hint = function, who, what, hint
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return self.function(*args, **kwargs)
+        except (RowError, FtcoreError):
+            raise
+        except Exception as exc:
+            raise PluginError(f"{self.who} raised{' in ' + self.what if self.what else ''}: "
+                              f"{type(exc).__name__}: {exc}{self._hint()}") from exc
+
+    def bad_example(self, exc) -> str:
+        return f"{self.who}{': ' + self.what if self.what else ''} gave no usable example: {exc}{self._hint()}"
+
+    def _hint(self) -> str:
+        return (f"; {self.hint}" if self.hint else "") + " (run with --debug for the traceback)"
+
+
+def _blamed(function, plugin, what, plugins, type_name=None):
+    """``function`` registered by ``plugin`` as a ``Blamed``, named as ``plugins`` (the manager) knows it.
+
+    A user function (``type: module.function``) is named by ``type_name``.
+    """
+    if plugin == USER_FUNCTION:
+        return Blamed(function, f"the user function '{type_name}'", what)
+    label, hint = plugins._label(plugin) if plugins is not None else (f"'{plugin}'", "")
+    return Blamed(function, f"plugin {label}", what, hint)
+
+
+def _blamed_parts(parts, plugins) -> dict:
+    """The content-part handlers (and their ``finish``) as ``Blamed``."""
+    out = {}
+    for kind, (handler, plugin) in parts.items():
+        blamed = _blamed(handler, plugin, f"its '{kind}' content-part handler", plugins)
+        finish = getattr(handler, "finish", None)
+        if finish is not None:
+            blamed.finish = _blamed(finish, plugin, f"its '{kind}' content-part handler (finish)", plugins)
+        out[kind] = (blamed, plugin)
+    return out
+
+
+def _examples(specs, recipe, ctx, formats, counts, sources, origins, limit=None, plugins=None):
     out = []
     for spec in specs:
-        function = format_function(spec, formats)
-        combine = getattr(function, "combine", None)  # type: pretrain: documents -> sequence_len chunks
+        (raw, _options), plugin = resolve_format(spec.type, formats)
+        user = plugin == USER_FUNCTION  # type: module.function
+        function = _blamed(raw, plugin, "" if user else f"its dataset format '{spec.type}'", plugins, spec.type)
+        combine = getattr(raw, "combine", None)  # type: pretrain: documents -> sequence_len chunks
+        if combine is not None:
+            step = f"its combine step (for {spec.path})"
+            combine = _blamed(combine, plugin, step if user else f"{step} of dataset format '{spec.type}'", plugins,
+                              spec.type)
         read = read_rows(spec, limit=limit)
         sources.extend(read.sources)
         results = _formatted(read.rows, spec, function, ctx, recipe.dataset_processes or 1)
@@ -202,14 +292,13 @@ def _parallel(rows, spec, function, ctx, processes):
     with multiprocessing.get_context(method).Pool(min(processes, len(chunks)), initializer=_start_worker,
                                                   initargs=(rows, spec, function, ctx)) as pool:
         for chunk in pool.imap(_work_on, chunks):
-            for first, second, images in chunk:
+            for first, second, extras in chunk:
+                if first is None:
+                    raise PluginError(second)
                 if isinstance(first, str):
                     yield RowError(first, second)
                 else:
-                    example = {"input_ids": first.tolist(), "labels": second.tolist()}
-                    if images:
-                        example["images"] = images
-                    yield example
+                    yield {"input_ids": first.tolist(), "labels": second.tolist(), **(extras or {})}
 
 
 def _start_worker(rows, spec, function, ctx):
@@ -222,11 +311,15 @@ def _work_on(chunk):
     start, end = chunk
     out = []
     for origin, row in _WORK["rows"][start:end]:
-        example = format_one(row, _WORK["spec"], _WORK["function"], _WORK["ctx"], origin)
+        try:
+            example = format_one(row, _WORK["spec"], _WORK["function"], _WORK["ctx"], origin)
+        except PluginError as exc:  # raised in the main process when its row is reached: after earlier bad rows
+            out.append((None, str(exc), None))
+            break
         if isinstance(example, RowError):
             out.append((str(example), example.reason, None))  # a RowError does not survive pickling with its reason
         else:  # typed arrays pickle as bytes: far cheaper to send back than lists of ints
-            out.append((array("q", example["input_ids"]), array("q", example["labels"]), example.get("images")))
+            out.append((array("q", example["input_ids"]), array("q", example["labels"]), extras_of(example)))
     return out
 
 
@@ -242,15 +335,19 @@ def validation_index(n, size, seed) -> list[int]:
     return sorted(order[:count])
 
 
-def tokenize_datasets(recipe, tokenizer, formats, chat_template=None, limit=None) -> Tokenized:
+def tokenize_datasets(recipe, tokenizer, formats, chat_template=None, limit=None, parts=None,
+                      stash=None, plugins=None) -> Tokenized:
     """Read, format, tokenize and length-check every dataset, in dataset order.
 
+    ``formats`` and ``parts`` are ``{name: (registered, plugin)}`` as ``ftcore.hooks`` collects them;
+    ``plugins`` (the plugin manager) names a plugin whose callable raises by its package and version.
     ``limit`` reads only the first rows of each dataset entry (``ftcore preprocess --limit``).
     """
-    ctx = FormatContext(tokenizer=tokenizer, recipe=recipe, chat_template=chat_template)
+    ctx = FormatContext(tokenizer=tokenizer, recipe=recipe, chat_template=chat_template,
+                        parts=_blamed_parts(parts or {}, plugins), stash=stash if stash is not None else Stash())
     sources, origins = [], []
     train_counts, test_counts = _Counts(), _Counts()
-    train = _examples(recipe.datasets or [], recipe, ctx, formats, train_counts, sources, origins, limit)
+    train = _examples(recipe.datasets or [], recipe, ctx, formats, train_counts, sources, origins, limit, plugins)
     if not train:
         hint = ""
         if any(reason.startswith("longer than") for reason in train_counts.dropped):
@@ -262,7 +359,7 @@ def tokenize_datasets(recipe, tokenizer, formats, chat_template=None, limit=None
     counts = {"train": train_counts.as_dict()}
     test = []
     if recipe.test_datasets:
-        test = _examples(recipe.test_datasets, recipe, ctx, formats, test_counts, sources, origins, limit)
+        test = _examples(recipe.test_datasets, recipe, ctx, formats, test_counts, sources, origins, limit, plugins)
         if not test:
             raise DataError(f"test_datasets gave no examples: dropped {dict(test_counts.dropped)}")
         counts["test"] = test_counts.as_dict()
@@ -287,9 +384,10 @@ def split(tokenized: Tokenized, recipe) -> PreparedData:
     return data
 
 
-def prepare_datasets(recipe, tokenizer, formats, chat_template=None, limit=None) -> PreparedData:
+def prepare_datasets(recipe, tokenizer, formats, chat_template=None, limit=None, parts=None,
+                     stash=None, plugins=None) -> PreparedData:
     """Read, format, tokenize and split the recipe's datasets (no cache; see ``cache.load_or_prepare``)."""
-    return split(tokenize_datasets(recipe, tokenizer, formats, chat_template, limit), recipe)
+    return split(tokenize_datasets(recipe, tokenizer, formats, chat_template, limit, parts, stash, plugins), recipe)
 
 
 def set_chat_template(recipe, tokenizer, templates: dict) -> str | None:

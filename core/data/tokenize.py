@@ -14,6 +14,10 @@ from bisect import bisect_right
 from ftcore.data import IGNORE_INDEX, RowError
 
 
+class BadExample(TypeError):
+    """What a format returned is not an example (wrong shape, extras that are not JSON): the plugin's bug."""
+
+
 def trained_spans(segments):
     """Character spans ``[(start, end)]`` of the trained segments, merged."""
     spans, pos = [], 0
@@ -32,7 +36,7 @@ def tokenize_segments(segments, tokenizer) -> dict:
     """Tokenize ``[(text, trained)]`` into ``{"input_ids", "labels"}``."""
     for item in segments:
         if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
-            raise TypeError(f"a format must return (text, trained) pairs, got {item!r}")
+            raise BadExample(f"a format must return (text, trained) pairs, got {item!r}"[:300])
     text = "".join(t for t, _ in segments)
     if not text:
         raise RowError("the example is empty", "empty example")

@@ -155,3 +155,23 @@ ADVICE = {
     "dataset_num_proc": "use dataset_processes",
     "model_revision": "use revision_of_model",
 }
+
+
+# Axolotl keys that ftcore's built-in plugins own (recipe_keys). When the owning plugin is absent or
+# disabled, such a key set in a recipe is reported as a missing feature, not as unsupported by ftcore.
+PLUGIN_FEATURES = {
+    **{key: "LoRA" for key in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_linear",
+                               "lora_modules_to_save", "lora_model_dir", "lora_fan_in_fan_out", "peft_use_dora",
+                               "peft_use_rslora", "peft_layers_to_transform")},
+    **{key: "quantization" for key in ("load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type",
+                                       "bnb_4bit_use_double_quant", "bnb_4bit_quant_storage", "bnb_config_kwargs")},
+    **{key: "multi-GPU engines" for key in ("deepspeed", "fsdp", "fsdp_config", "fsdp_version", "ddp_timeout",
+                                            "ddp_bucket_cap_mb", "ddp_broadcast_buffers",
+                                            "ddp_find_unused_parameters")},
+    **{key: "vision models" for key in ("processor_type", "image_size", "image_resize_algorithm",
+                                        "freeze_mm_modules")},
+    **{key: "Weights & Biases tracking" for key in ("wandb_project", "wandb_entity", "wandb_name", "wandb_run_id",
+                                                    "wandb_watch", "wandb_log_model", "wandb_mode")},
+    "unfrozen_parameters": "partial full fine-tuning",
+    "chunked_cross_entropy": "the chunked loss",
+}

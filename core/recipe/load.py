@@ -187,7 +187,7 @@ def parse_override(text: str):
     key, _, raw = text.partition("=")
     key = key.strip()
     if not re.fullmatch(r"[A-Za-z_][\w]*(\.\w+|\[\d+\])*", key):
-        raise RecipeError([("overrides", f"'{key}' is not a recipe key path (like lora_r or datasets[0].path)")], source="command line")
+        raise RecipeError([("overrides", f"'{key}' is not a recipe key path (like learning_rate or datasets[0].path)")], source="command line")
     try:
         value = yaml.load(raw, Loader=_strict_loader()) if raw.strip() else None
     except yaml.YAMLError as exc:

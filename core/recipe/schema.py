@@ -7,8 +7,12 @@ recipe validates with few or no edits. ftcore's own additions are marked
 - Unknown keys are errors (with a suggestion), never silently dropped.
 - Keys Axolotl has but ftcore does not act on are handled in ``axolotl.py``:
   accepted while empty, errors when set (a few harmless hints pass).
-- Contradictions between keys are checked in ``Recipe._cross_checks``;
+- Contradictions between keys are checked in ``Recipe.cross_checks``;
   checks that belong to a plugin live in that plugin's ``validate_recipe``.
+- The schema holds only what every run needs. Plugins own the rest: flat
+  keys in Axolotl's names (``lora_r``, ``load_in_4bit``, ``deepspeed``:
+  ``recipe_keys``) and namespaced sections (``recipe_sections``), validated
+  with these and read as ``recipe.lora_r`` / ``recipe.section("vision")``.
 
 The models are frozen: plugins read the recipe, they never mutate it.
 """
@@ -44,6 +48,26 @@ SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "sep_t
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, protected_namespaces=())
+
+
+class RecipeKeys(_Strict):
+    """Base for a plugin's flat recipe keys (``recipe_keys``) or section (``recipe_sections``): strict and frozen.
+
+    A key that names a local file or folder says so with ``Field(..., json_schema_extra=PATH)``:
+    ``ftcore validate`` and ``ftcore run`` then report it when it does not exist.
+    """
+
+
+    def cross_checks(self) -> list[tuple[str, str]]:
+        """Contradictions among these keys, as ``(key, message)`` pairs; reported with every other problem.
+
+        Override for rules that need only the plugin's own keys (``validate_recipe`` sees the whole
+        recipe, but runs only once every key passed its type check).
+        """
+        return []
+
+
+PATH = {"path": True}  # json_schema_extra of a plugin key that names a local file or folder
 
 
 class DatasetSpec(BaseModel):
@@ -86,11 +110,6 @@ class Recipe(_Strict):
     model_type: str | None = Field(None, description="transformers class or auto class to load with")
     tokenizer_type: str | None = Field(None, description="tokenizer class, e.g. AutoTokenizer")
     tokenizer_config: str | None = Field(None, description="tokenizer to use instead of base_model's")
-    processor_type: str | None = Field(None, description="processor class for multimodal models")
-    image_size: int | list[int] | None = Field(None, description="vision: resize images to this (or [height, width]) first")
-    image_resize_algorithm: Literal["bilinear", "bicubic", "lanczos", "nearest"] | None = Field(
-        None, description="vision: how image_size resizes; default bilinear")
-    freeze_mm_modules: bool | None = Field(None, description="vision: keep the vision tower and projector frozen (default true)")
     trust_remote_code: bool = False
     attn_implementation: Literal[ATTENTION] | None = Field(  # type: ignore[valid-type]
         None, description="attention kernel; default sdpa")
@@ -99,27 +118,7 @@ class Recipe(_Strict):
     eager_attention: bool | None = None
 
     # ── adapter ──
-    adapter: Literal["lora", "qlora"] | None = Field(None, description="absent: full fine-tuning")
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: float = Field(16, gt=0)
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
-    lora_target_modules: list[str] | str | None = None
-    lora_target_linear: bool | None = None
-    lora_modules_to_save: list[str] | None = None
-    lora_model_dir: str | None = Field(None, description="start from this existing adapter")
-    lora_fan_in_fan_out: bool | None = None
-    peft_use_dora: bool | None = None
-    peft_use_rslora: bool | None = None
-    peft_layers_to_transform: list[int] | None = None
-    unfrozen_parameters: list[str] | None = Field(None, description="full fine-tuning: regexes of parameters to train")
-
-    # ── quantization ──
-    load_in_4bit: bool = False
-    load_in_8bit: bool = False
-    bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
-    bnb_4bit_use_double_quant: bool = True
-    bnb_4bit_quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] | None = None
-    bnb_config_kwargs: dict[str, Any] | None = None
+    adapter: str | None = Field(None, description="an adapter a plugin registers (`ftcore plugins`); absent: full fine-tuning")
 
     # ── data ──
     datasets: list[DatasetSpec] | None = None
@@ -166,9 +165,6 @@ class Recipe(_Strict):
     tf32: bool | None = None
     gradient_checkpointing: bool | None = False
     gradient_checkpointing_kwargs: dict[str, Any] | None = None
-    chunked_cross_entropy: bool = Field(False, description="score the loss a chunk of positions at a time, never "
-                                                           "holding the whole vocabulary x sequence logits")
-    chunked_cross_entropy_num_chunks: int = Field(8, ge=1, description="chunks for chunked_cross_entropy")
     seed: int = 42
 
     # ── outputs, logging, checkpoints ──
@@ -186,33 +182,16 @@ class Recipe(_Strict):
     evaluators: list[str] = Field(default_factory=lambda: ["loss"], description="ftcore: evaluators to run")
     resume_from_checkpoint: str | bool | None = None
 
-    # ── scale-out (needs a distributed plugin) ──
-    launcher: Literal["torchrun", "accelerate", "deepspeed"] | None = Field(
-        None, description="ftcore: what starts the processes of `ftcore run --nproc N` (default torchrun)")
-    deepspeed: str | dict[str, Any] | None = None
-    fsdp: list[str] | str | None = None
-    fsdp_config: dict[str, Any] | None = None
-    fsdp_version: int | None = None
-    ddp_timeout: int | None = Field(None, ge=1)
-    ddp_bucket_cap_mb: int | None = None
-    ddp_broadcast_buffers: bool | None = None
-    ddp_find_unused_parameters: bool | None = None
-
-    # ── tracking ──
-    wandb_project: str | None = None
-    wandb_entity: str | None = None
-    wandb_name: str | None = None
-    wandb_run_id: str | None = None
-    wandb_watch: str | None = None
-    wandb_log_model: str | None = None
-    wandb_mode: str | None = None
-
     # ── plugins ──
     plugins: list[str] | None = Field(None, description="extra plugin modules to import")
 
     # Axolotl keys ftcore accepts without acting on them (see axolotl.py).
     compat: dict[str, Any] = Field(default_factory=dict, exclude=True)
-    _sections: dict = PrivateAttr(default_factory=dict)
+    _sections: dict = PrivateAttr(default_factory=dict)  # section key -> validated model (or None)
+    _sections_set: set = PrivateAttr(default_factory=set)  # section keys the recipe gave
+    _key_models: dict = PrivateAttr(default_factory=dict)  # plugin name -> its validated flat-key model
+    _plugin_keys: dict = PrivateAttr(default_factory=dict)  # flat plugin key -> plugin name
+    _section_owners: dict = PrivateAttr(default_factory=dict)  # section key -> plugin name
 
     def cross_checks(self) -> list[tuple[str, str]]:
         """Contradictions between keys, as ``(key, message)`` pairs."""
@@ -230,10 +209,6 @@ class Recipe(_Strict):
             problems.append(("evals_per_epoch", "set eval_steps or evals_per_epoch, not both"))
         if self.bf16 is True and self.fp16:
             problems.append(("fp16", "bf16 and fp16 are both true; choose one"))
-        if self.load_in_4bit and self.load_in_8bit:
-            problems.append(("load_in_8bit", "load_in_4bit and load_in_8bit are both true; choose one"))
-        if self.lora_target_modules and self.lora_target_linear:
-            problems.append(("lora_target_linear", "set lora_target_modules or lora_target_linear, not both"))
         chosen = [k for k, v in (("flash_attention", "flash_attention_2"), ("sdp_attention", "sdpa"),
                                  ("eager_attention", "eager")) if getattr(self, k)]
         if len(chosen) > 1:
@@ -242,9 +217,6 @@ class Recipe(_Strict):
             want = {"flash_attention": "flash_attention_2", "sdp_attention": "sdpa", "eager_attention": "eager"}[chosen[0]]
             if want != self.attn_implementation:
                 problems.append((chosen[0], f"contradicts attn_implementation: {self.attn_implementation}"))
-        if self.chunked_cross_entropy and (self.fsdp or self.fsdp_config or self.deepspeed in ("zero3", "zero3_offload")):
-            problems.append(("chunked_cross_entropy", "does not work with DeepSpeed ZeRO-3 or FSDP yet; remove it, "
-                                                      "or use ZeRO-1/2 or DDP"))
         if self.val_set_size >= 1 and self.val_set_size != int(self.val_set_size):
             problems.append(("val_set_size", "must be a fraction below 1 or a whole number of rows"))
         if self.val_set_size and self.test_datasets:
@@ -277,12 +249,54 @@ class Recipe(_Strict):
     def per_device_eval_batch_size(self) -> int:
         return self.eval_batch_size or self.micro_batch_size
 
+    # ── what plugins contributed: flat keys (recipe_keys) and sections (recipe_sections) ──
+
+    def __getattr__(self, name: str):
+        # pydantic resolves private attributes here; a plugin's flat key comes next
+        if not name.startswith("_"):
+            private = object.__getattribute__(self, "__pydantic_private__") or {}
+            owner = (private.get("_plugin_keys") or {}).get(name)
+            if owner is not None:
+                return getattr(private["_key_models"][owner], name)
+        return super().__getattr__(name)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A core or plugin key's value, or ``default`` when no installed plugin owns ``key``.
+
+        For code that must work whether or not the plugin owning a key is there
+        (a rule that spans two plugins' keys, say).
+        """
+        if key in type(self).model_fields and key != "compat":
+            return getattr(self, key)
+        owner = self._plugin_keys.get(key)
+        return default if owner is None else getattr(self._key_models[owner], key)
+
+    def is_set(self, key: str) -> bool:
+        """True when the recipe gave ``key`` a value (a core key, a plugin's flat key or a section)."""
+        if key in type(self).model_fields:
+            return key in self.model_fields_set
+        if key in self._plugin_keys:
+            return key in self._key_models[self._plugin_keys[key]].model_fields_set
+        return key in self._sections_set
+
+    def path_keys(self) -> list[str]:
+        """The plugins' flat keys that name a file or folder (``Field(json_schema_extra=PATH)``)."""
+        return [key for plugin, instance in self._key_models.items() for key, field in type(instance).model_fields.items()
+                if (field.json_schema_extra or {}).get("path")]
+
     def section(self, key: str):
         """The validated section a plugin contributed under ``key``."""
         return self._sections.get(key)
 
-    def to_yaml_dict(self) -> dict:
-        """The fully resolved recipe, as written to ``recipe.yaml``: runnable as is."""
+    def to_yaml_dict(self, used_plugins=None) -> dict:
+        """The fully resolved recipe, as written to ``recipe.yaml``: runnable as is.
+
+        A plugin's flat keys and sections are included with their defaults when
+        the recipe set one of them or the plugin is in ``used_plugins`` (it
+        answered a firstresult hook of the run); otherwise they are left out,
+        so the file validates where that plugin is not installed.
+        ``used_plugins=None`` means every plugin counts as used.
+        """
         data = self.model_dump(mode="json", exclude_none=True, exclude={"compat"})
         data.update(self.compat)
         for entry_key in ("datasets", "test_datasets"):
@@ -293,8 +307,16 @@ class Recipe(_Strict):
                      **(spec.options.model_dump(mode="json", exclude_none=True) if spec.options else {})}
                     for spec in specs
                 ]
+
+        def wanted(plugin, given: bool) -> bool:
+            return given or used_plugins is None or plugin in used_plugins
+
+        for plugin, instance in self._key_models.items():
+            if wanted(plugin, bool(instance.model_fields_set)):
+                data.update(instance.model_dump(mode="json", exclude_none=True))
         for key, section in self._sections.items():
-            data[key] = section.model_dump(mode="json", exclude_none=True)
+            if section is not None and wanted(self._section_owners.get(key), key in self._sections_set):
+                data[key] = section.model_dump(mode="json", exclude_none=True)
         return data
 
 

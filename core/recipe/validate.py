@@ -1,21 +1,22 @@
 """Turn a raw recipe mapping into a ``Recipe``, reporting every problem at once.
 
-Order: split the keys (core, plugin sections, Axolotl compatibility, unknown),
-validate dataset entries against their format's options, validate the core
-schema and each plugin section, then cross-key checks and plugins'
-``validate_recipe`` hooks. Any problem anywhere -> one ``RecipeError`` listing
+Order: split the keys (core, plugins' flat keys, plugin sections, Axolotl
+compatibility, unknown), validate dataset entries against their format's
+options, validate the core schema, each plugin's flat keys and each plugin
+section, then cross-key checks and plugins' ``validate_recipe`` hooks. Any problem anywhere -> one ``RecipeError`` listing
 them all, each with its key path and what is allowed.
 """
 
 from __future__ import annotations
 
+import json
 import re
 
 from pydantic import ValidationError
 
 from ftcore.data.formats import USER_FUNCTION, FormatImportError, resolve_format
 from ftcore.errors import RecipeError
-from ftcore.recipe.axolotl import ADVICE, AXOLOTL_KEYS, HINTS
+from ftcore.recipe.axolotl import ADVICE, AXOLOTL_KEYS, HINTS, PLUGIN_FEATURES
 from ftcore.recipe.schema import CORE_KEYS, DATASET_KEYS, DatasetSpec, Recipe
 from ftcore.recipe.suggest import did_you_mean
 
@@ -74,7 +75,7 @@ def pydantic_problems(exc: ValidationError, prefix="", known=()) -> list[tuple[s
     return problems
 
 
-def _split_dataset_entry(entry, path, formats, problems):
+def _split_dataset_entry(entry, path, formats, problems, hint=""):
     """Validate one ``datasets[i]`` entry; return a DatasetSpec or None."""
     if not isinstance(entry, dict):
         problems.append((path, f"must be a mapping with at least path and type (got {entry!r})"))
@@ -94,7 +95,7 @@ def _split_dataset_entry(entry, path, formats, problems):
     except KeyError:
         problems.append((f"{path}.type", f"unknown format '{spec.type}'{did_you_mean(spec.type, formats)}; "
                                          f"registered formats: {', '.join(sorted(formats))}; "
-                                         f"or a dotted path to your own function, module.function"))
+                                         f"or a dotted path to your own function, module.function{hint}"))
         return None
     except FormatImportError as exc:
         problems.append((f"{path}.type", f"{exc}"))
@@ -146,32 +147,74 @@ def _without_failed_keys(data, compat, exc: ValidationError):
         return None
 
 
+def _plugin_hint(plugins) -> str:
+    """What to add to "unknown ..." when plugins are disabled: one of them may provide it."""
+    blocked = getattr(plugins, "blocked", None)
+    if blocked:
+        return f" (plugins disabled by FTCORE_DISABLE_PLUGINS may provide it: {', '.join(blocked)})"
+    return ""
+
+
+def _validate_plugin_keys(given, key_models, problems, known):
+    """Each plugin's flat keys through its own model: ``{plugin: instance}``; ``complete`` is False on errors."""
+    by_plugin: dict[str, tuple] = {}
+    for key, (model, plugin) in key_models.items():
+        by_plugin.setdefault(plugin, (model, {}))
+    for key, value in given.items():
+        model, plugin = key_models[key]
+        by_plugin[plugin][1][key] = value
+    instances, complete = {}, True
+    for plugin, (model, values) in by_plugin.items():
+        try:
+            instances[plugin] = model.model_validate(values)
+            # rules among the plugin's own keys, reported with everything else even when other keys failed
+            problems.extend(getattr(instances[plugin], "cross_checks", list)())
+        except ValidationError as exc:
+            problems.extend(pydantic_problems(exc, "", known))
+            complete = False
+            failed = {err["loc"][0] for err in exc.errors() if err["loc"]}
+            try:  # the keys that passed, so later checks read something; defaults for the rest
+                instances[plugin] = model.model_validate({k: v for k, v in values.items() if k not in failed})
+            except ValidationError:
+                instances[plugin] = model.model_construct()
+    return instances, complete
+
+
 def validate(raw, plugins) -> Recipe:
-    """Validate ``raw`` (a ``RawRecipe``) with the schema and the plugins' sections."""
-    from ftcore.hooks import chat_templates, dataset_formats, evaluators, recipe_sections
+    """Validate ``raw`` (a ``RawRecipe``) with the schema and the plugins' keys and sections."""
+    from ftcore.hooks import adapters, chat_templates, dataset_formats, evaluators, recipe_keys, recipe_sections
 
     data = dict(raw.data)
     problems: list[tuple[str, str]] = []
+    key_models = recipe_keys(plugins)
     sections = recipe_sections(plugins)
     formats = dataset_formats(plugins)
-    known = CORE_KEYS + tuple(sections)
+    known = CORE_KEYS + tuple(key_models) + tuple(sections)
+    hint = _plugin_hint(plugins)
 
-    section_raw, compat = {}, {}
+    section_raw, compat, flat = {}, {}, {}
     for key in list(data):
         if key in sections:
             section_raw[key] = data.pop(key)
+        elif key in key_models:
+            flat[key] = data.pop(key)
         elif key in AXOLOTL_KEYS and key not in CORE_KEYS:
             value = data.pop(key)
-            if key not in HINTS and not _empty(value):
+            if key in PLUGIN_FEATURES and not _empty(value):  # a built-in plugin's key, that plugin is absent
+                problems.append((key, f"no plugin provides {PLUGIN_FEATURES[key]} for this recipe ({key}: "
+                                      f"{json.dumps(value, default=str)}); install or enable a plugin that does{hint}, or remove '{key}'"))
+            elif key not in HINTS and not _empty(value):
                 advice = ADVICE.get(key, "remove it or leave it empty")
-                problems.append((key, f"Axolotl's '{key}' is not supported by ftcore: {advice}"))
+                problems.append((key, f"Axolotl's '{key}' is not supported by ftcore: {advice}{hint}"))
             compat[key] = value
         elif key not in CORE_KEYS:
-            problems.append((key, f"unknown key{did_you_mean(key, known)}"))
+            problems.append((key, f"unknown key{did_you_mean(key, known)}{hint}"))
             data.pop(key)
 
     # Axolotl writes "key:" with no value for "not set"; treat it as absent.
     data = {k: v for k, v in data.items() if v is not None}
+    flat = {k: v for k, v in flat.items() if v is not None}
+    section_raw = {k: v for k, v in section_raw.items() if v is not None and v != ""}
 
     dataset_problems = False
     for list_key in ("datasets", "test_datasets"):
@@ -184,7 +227,7 @@ def validate(raw, plugins) -> Recipe:
             problems.append((list_key, f"must be a list of dataset entries (got {entries!r})"))
             dataset_problems = True
             continue
-        specs = [_split_dataset_entry(e, f"{list_key}[{i}]", formats, problems) for i, e in enumerate(entries)]
+        specs = [_split_dataset_entry(e, f"{list_key}[{i}]", formats, problems, hint) for i, e in enumerate(entries)]
         if None not in specs:
             data[list_key] = specs  # validated instances pass through pydantic unchanged
         else:
@@ -198,11 +241,14 @@ def validate(raw, plugins) -> Recipe:
         recipe = _without_failed_keys(data, compat, exc)
         complete = False
 
+    key_instances, keys_ok = _validate_plugin_keys(flat, key_models, problems, known)
+    complete = complete and keys_ok
+
     validated_sections = {}
     for key, (model, _plugin) in sections.items():
         if key not in section_raw:
-            # Not configured: the defaults if the section has them, else None. A plugin
-            # with required keys must not break recipes that do not use it.
+            # Not configured (absent, blank or null): the defaults if the section has them, else None.
+            # A plugin with required keys must not break recipes that do not use it.
             try:
                 validated_sections[key] = model.model_validate({})
             except ValidationError:
@@ -214,19 +260,29 @@ def validate(raw, plugins) -> Recipe:
 
     if recipe is not None:
         recipe._sections.update(validated_sections)
+        recipe._sections_set.update(section_raw)
+        recipe._section_owners.update({key: plugin for key, (_model, plugin) in sections.items()})
+        recipe._key_models.update(key_instances)
+        recipe._plugin_keys.update({key: plugin for key, (_model, plugin) in key_models.items()})
         problems.extend(recipe.cross_checks())
+        names = sorted(adapters(plugins))
+        if recipe.adapter is not None and recipe.adapter not in names:
+            problems.append(("adapter", f"{recipe.adapter!r} is not allowed{did_you_mean(recipe.adapter, names)}; "
+                                        f"allowed: {', '.join(names) or 'none (no adapter plugin is installed)'}"
+                                        f" (absent: full fine-tuning){hint}"))
+            complete = False
         if recipe.chat_template and recipe.chat_template not in chat_templates(plugins):
             names = sorted(chat_templates(plugins))
             problems.append(("chat_template", f"unknown template '{recipe.chat_template}'"
-                                              f"{did_you_mean(recipe.chat_template, names)}; allowed: {', '.join(names)}"))
+                                              f"{did_you_mean(recipe.chat_template, names)}; allowed: {', '.join(names)}"
+                                              f"{hint}"))
         names = sorted(evaluators(plugins))
         for name in recipe.evaluators:
             if name not in names:
                 problems.append(("evaluators", f"unknown evaluator '{name}'{did_you_mean(name, names)}; "
-                                               f"registered: {', '.join(names)}"))
+                                               f"registered: {', '.join(names)}{hint}"))
         if complete:  # plugins' rules would misfire on a recipe missing its invalid keys
             plugins.call_all("validate_recipe", recipe=recipe, error=lambda k, m: problems.append((k, m)))
     if problems:
         raise RecipeError(problems, source=raw.source)
     return recipe
-

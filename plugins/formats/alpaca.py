@@ -11,13 +11,9 @@ template will prompt the model; the reply and its end-of-turn token train.
 from pydantic import BaseModel, ConfigDict
 
 from ftcore import hookimpl
-from ftcore.plugins.formats import text_field
+from ftcore.api import ALPACA_PREAMBLE, ALPACA_PREAMBLE_WITH_INPUT, conversation_segments, text_field
 
 FTCORE_CONTRACT = "1"
-
-PREAMBLE_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides "
-                       "further context. Write a response that appropriately completes the request.\n\n")
-PREAMBLE = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
 
 
 class AlpacaOptions(BaseModel):
@@ -37,13 +33,11 @@ def alpaca(row, dataset, ctx):
     output = text_field(row, o.field_output)
     system = text_field(row, o.field_system, required=False) or o.system_prompt
     if ctx.recipe.chat_template:
-        from ftcore.plugins.formats.chat_template import ChatTemplateOptions, conversation_segments
-
         user = f"{instruction}\n\n{extra}" if extra else instruction
         messages = ([{"role": "system", "content": system, "train": None}] if system else []) + [
             {"role": "user", "content": user, "train": None}, {"role": "assistant", "content": output, "train": None}]
-        return conversation_segments(messages, ChatTemplateOptions(), ctx)
-    preamble = system + "\n\n" if system else (PREAMBLE_WITH_INPUT if extra else PREAMBLE)
+        return conversation_segments(messages, ctx)  # ftcore.api: the reply and its end-of-turn token train
+    preamble = system + "\n\n" if system else (ALPACA_PREAMBLE_WITH_INPUT if extra else ALPACA_PREAMBLE)
     prompt = f"{preamble}### Instruction:\n{instruction}\n\n"
     if extra:
         prompt += f"### Input:\n{extra}\n\n"

@@ -3,7 +3,7 @@
 from pydantic import BaseModel, ConfigDict
 
 from ftcore import hookimpl
-from ftcore.plugins.formats import text_field
+from ftcore.api import document_segments
 
 FTCORE_CONTRACT = "1"
 
@@ -15,12 +15,7 @@ class CompletionOptions(BaseModel):
 
 
 def completion(row, dataset, ctx):
-    text = text_field(row, dataset.options.field)
-    if not text.strip():
-        from ftcore.data import RowError
-
-        raise RowError(f"field '{dataset.options.field}' is empty", "empty text")
-    return [(text, True), (ctx.eos_token, True)]
+    return document_segments(row, dataset.options.field, ctx)  # ftcore.api: the text and EOS, all trained
 
 
 @hookimpl(trylast=True)

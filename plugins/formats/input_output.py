@@ -17,7 +17,7 @@ never trained. No EOS is added: write it into the text where you want it.
 from pydantic import BaseModel, ConfigDict
 
 from ftcore import hookimpl
-from ftcore.data import IGNORE_INDEX, RowError
+from ftcore.api import IGNORE_INDEX, RowError
 
 FTCORE_CONTRACT = "1"
 

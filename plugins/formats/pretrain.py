@@ -1,7 +1,7 @@
 """``type: pretrain``: raw text documents, concatenated and cut into ``sequence_len`` chunks.
 
 Each row is one document (``field``, default ``text``), tokenized as
-``completion`` does it: the tokenizer's own rules (Llama 3 puts
+``completion`` does it (both use ``ftcore.api.document_segments``): the tokenizer's own rules (Llama 3 puts
 ``<|begin_of_text|>`` first, Qwen's tokenizers nothing), then the text, then
 the EOS token. The documents of one dataset entry are joined in row order,
 so an EOS always separates two documents, and the token stream is cut into
@@ -19,7 +19,7 @@ with every formatted document.
 from pydantic import BaseModel, ConfigDict
 
 from ftcore import hookimpl
-from ftcore.plugins.formats.completion import completion
+from ftcore.api import chunk_documents, document_segments
 
 FTCORE_CONTRACT = "1"
 
@@ -32,28 +32,10 @@ class PretrainOptions(BaseModel):
 
 def pretrain(row, dataset, ctx):
     """One document: its text and the EOS token, every token trained (as ``type: completion``)."""
-    return completion(row, dataset, ctx)
+    return document_segments(row, dataset.options.field, ctx)  # ftcore.api, as type: completion uses it
 
 
-def chunk_documents(items, dataset, ctx):
-    """``[(origin, document)]`` -> ``[(origin, chunk)]``: the documents joined in order and cut every
-    ``sequence_len`` tokens; a chunk is named after the row it starts in; the last one may be shorter."""
-    size = ctx.recipe.sequence_len
-    input_ids, labels, starts = [], [], []  # starts: (token offset, origin) of each document
-    for origin, document in items:
-        starts.append((len(input_ids), origin))
-        input_ids.extend(document["input_ids"])
-        labels.extend(document["labels"])
-    chunks, doc = [], 0
-    for begin in range(0, len(input_ids), size):
-        while doc + 1 < len(starts) and starts[doc + 1][0] <= begin:
-            doc += 1
-        chunks.append((starts[doc][1], {"input_ids": input_ids[begin:begin + size],
-                                        "labels": labels[begin:begin + size]}))
-    return chunks
-
-
-pretrain.combine = chunk_documents
+pretrain.combine = chunk_documents  # ftcore.api: documents joined, cut every sequence_len tokens
 
 
 @hookimpl(trylast=True)

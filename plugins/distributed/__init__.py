@@ -1,9 +1,13 @@
 """Multi-GPU engines: ``deepspeed:`` (ZeRO) and ``fsdp:`` / ``fsdp_config:`` (FSDP2 through accelerate).
 
 Both are handed to ``transformers.Trainer`` as it expects them; ftcore adds no
-engine of its own. This plugin turns the recipe's keys into
-``TrainingArguments``, checks combinations that cannot work before anything
-loads, and ships four DeepSpeed configurations (``recipes/deepspeed/*.json``).
+engine of its own. This plugin owns the multi-process keys (``launcher``,
+``deepspeed``, ``fsdp*``, ``ddp_*``), turns them into ``TrainingArguments``,
+checks combinations that cannot work before anything loads, starts the
+processes of ``ftcore run --nproc N`` (``launch_processes``, ``launch.py``),
+joins each into the process group (``run_started``) and closes it
+(``run_finished``). Four DeepSpeed configurations ship with ftcore's recipes
+(``recipes/deepspeed/*.json``).
 
 - ``deepspeed: zero1 | zero2 | zero3 | zero3_offload`` picks a shipped config;
   any other string is a path to the user's JSON; a mapping is the config
@@ -28,10 +32,37 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from ftcore import FtcoreError, hookimpl
+from pydantic import Field
+
+from ftcore.api import FtcoreError, RecipeKeys, StashKey, hookimpl
+from ftcore.plugins.distributed import launch
+from ftcore.plugins.distributed.launch import Launcher
 
 FTCORE_CONTRACT = "1"
+
+
+class DistributedKeys(RecipeKeys):
+    """Axolotl's multi-process keys (top level)."""
+
+    launcher: Launcher | None = Field(
+        None, description="ftcore: what starts the processes of `ftcore run --nproc N` (default torchrun)")
+    deepspeed: str | dict[str, Any] | None = Field(
+        None, description="zero1, zero2, zero3, zero3_offload (shipped), a DeepSpeed JSON file, or the config itself")
+    fsdp: list[str] | str | None = Field(None, description="FSDP options: [full_shard, auto_wrap], offload")
+    fsdp_config: dict[str, Any] | None = Field(None, description="Axolotl's fsdp_config keys, fsdp_ prefix optional")
+    fsdp_version: int | None = Field(None, description="FSDP version; only 2 is supported")
+    ddp_timeout: int | None = Field(None, ge=1, description="seconds a collective waits before the run fails")
+    ddp_bucket_cap_mb: int | None = Field(None, description="DDP gradient bucket size")
+    ddp_broadcast_buffers: bool | None = Field(None, description="DDP: broadcast buffers at each forward")
+    ddp_find_unused_parameters: bool | None = Field(None, description="DDP: look for parameters without gradients")
+
+
+@hookimpl(trylast=True)
+def recipe_keys(register):
+    register(DistributedKeys)
+
 
 PRESETS = ("zero1", "zero2", "zero3", "zero3_offload")
 
@@ -59,9 +90,9 @@ STATE_DICT_TYPES = ("FULL_STATE_DICT", "SHARDED_STATE_DICT")
 
 
 def presets_folder() -> Path:
-    import ftcore.recipes
+    from importlib.resources import files
 
-    return Path(ftcore.recipes.__file__).parent / "deepspeed"
+    return Path(str(files("ftcore.recipes") / "deepspeed"))
 
 
 def deepspeed_config(value) -> dict:
@@ -162,47 +193,54 @@ def validate_recipe(recipe, error):
         error(key, message)
 
 
-def allow_deepspeed_on_cpu() -> None:
-    """Let accelerate start DeepSpeed over gloo when there is no GPU (tests, CPU-only machines).
+def _let_deepspeed_run_on_cpu():
+    """Let accelerate start DeepSpeed over gloo when there is no GPU (tests, CPU-only machines); returns the undo.
 
     accelerate 1.x starts DeepSpeed only on an accelerator: on CPU its process group
     comes out as one process, and DeepSpeed's batch check then fails. DeepSpeed itself
-    runs ZeRO on CPU; this makes accelerate's backend choice "gloo, several CPU
-    processes" in that one case. Nothing changes where a GPU is present.
+    runs ZeRO on CPU; until the undo is called, accelerate's backend choice is "gloo,
+    several CPU processes" in that one case.
     """
     import os
 
     from accelerate.state import PartialState
     from accelerate.utils import DistributedType
 
-    original = PartialState._prepare_backend
-    if getattr(original, "ftcore_cpu", False):
-        return
+    original = PartialState.__dict__["_prepare_backend"]
 
-    def prepare_backend(self, cpu=False, sagemaker_dp=False, backend=None):
-        chosen, kind = original(self, cpu, sagemaker_dp, backend)
-        if (kind == DistributedType.NO and not cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    def prepare_backend(state, cpu=False, sagemaker_dp=False, backend=None):
+        chosen, kind = original(state, cpu, sagemaker_dp, backend)
+        if (kind == DistributedType.NO and not cpu and launch.world_size() > 1
                 and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"):
             return "gloo", DistributedType.MULTI_CPU
         return chosen, kind
 
-    prepare_backend.ftcore_cpu = True
     PartialState._prepare_backend = prepare_backend
+    return lambda: setattr(PartialState, "_prepare_backend", original)
 
 
-@hookimpl(trylast=True)
-def trainer_arguments(recipe):
+def _ignore_warning(**rule):
+    """``warnings.filterwarnings("ignore", **rule)`` for this run; returns the undo (which removes only this rule)."""
+    import warnings
+
+    before = list(warnings.filters)
+    warnings.filterwarnings("ignore", **rule)
+    added = warnings.filters[0]
+
+    def undo():
+        if added not in before and added in warnings.filters:  # a rule that was there already stays
+            warnings.filters.remove(added)
+    return undo
+
+
+# What run_started set up for this run, torn down by run_finished.
+SETUP: StashKey[list] = StashKey("distributed.setup", "patches and filters to undo at the end of the run")
+
+
+def _engine_arguments(recipe, world_size: int) -> dict:
     arguments = {}
     if recipe.deepspeed:
         arguments["deepspeed"] = deepspeed_config(recipe.deepspeed)
-        import torch
-
-        if not torch.cuda.is_available():
-            allow_deepspeed_on_cpu()
-        import warnings
-
-        # DeepSpeed 0.19 calls collectives torch 2.13 renamed; the notice helps no user
-        warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     if recipe.fsdp:
         import torch
 
@@ -211,4 +249,64 @@ def trainer_arguments(recipe):
                               "use deepspeed: zero3 to shard, or remove fsdp for plain data parallelism")
         arguments["fsdp"] = True
         arguments["fsdp_config"] = fsdp_config(recipe)
-    return arguments or None
+    for key in ("ddp_timeout", "ddp_bucket_cap_mb", "ddp_broadcast_buffers", "ddp_find_unused_parameters"):
+        if getattr(recipe, key) is not None:
+            arguments[key] = getattr(recipe, key)
+    if world_size > 1 and not recipe.deepspeed:
+        import torch
+
+        if not torch.cuda.is_available():
+            arguments["use_cpu"] = True  # several CPU processes: accelerate's gloo group (DeepSpeed picks its own)
+    return arguments
+
+
+@hookimpl(trylast=True)
+def trainer_arguments(recipe):
+    return _engine_arguments(recipe, launch.world_size()) or None
+
+
+@hookimpl(trylast=True)
+def launch_processes(recipe, plan, command):
+    if not (plan.distributed or recipe.deepspeed or recipe.fsdp):  # the engines need a process group, even of one
+        return None
+    _engine_arguments(recipe, plan.nproc * plan.nnodes)  # an engine that cannot run here fails once, not per process
+    return launch.launch(plan, command, recipe.launcher or "torchrun")
+
+
+@hookimpl(trylast=True)
+def run_started(recipe, stash):
+    try:
+        launch.start_process_group(recipe)  # first: if it fails, nothing below is left to undo
+    except Exception as exc:
+        _say_if_lost_contact(exc)
+        raise
+    undo = stash.setdefault(SETUP, [])
+    if recipe.deepspeed:
+        import torch
+
+        if not torch.cuda.is_available():
+            undo.append(_let_deepspeed_run_on_cpu())
+        # DeepSpeed 0.19 calls collectives torch 2.13 renamed; the notice helps no user
+        undo.append(_ignore_warning(message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning))
+
+
+@hookimpl(trylast=True)
+def run_finished(recipe, stash, status, error):
+    undo = stash.get(SETUP, [])
+    while undo:  # last set up, first undone; each once
+        undo.pop()()
+    if error is not None:
+        _say_if_lost_contact(error)
+    elif status == "completed":
+        try:
+            launch.end_process_group()
+        except Exception as exc:  # its barrier can find another rank gone
+            _say_if_lost_contact(exc)
+            raise
+
+
+def _say_if_lost_contact(exc: BaseException) -> None:
+    """When ``exc`` says another rank died or hung, raise one line naming this rank instead (no traceback)."""
+    lost = launch.lost_contact(exc)
+    if lost:
+        raise launch.LaunchError(lost) from exc

@@ -1,6 +1,6 @@
 """``type: fim``: source code -> fill-in-the-middle examples with Qwen2.5-Coder's tokens.
 
-Rows are source files (a folder or a glob of them, read whole: ``ftcore.data.read``)
+Rows are source files (a folder or a glob of them, read whole by the core: ``SourceFileOptions``)
 or rows of a data set whose ``field`` holds code. Each file is tokenized once and cut
 into chunks that fit ``sequence_len``; each chunk becomes, with probability
 ``fim_rate``, a fill-in-the-middle example, otherwise a plain one:
@@ -41,11 +41,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ftcore import hookimpl
-from ftcore.data import IGNORE_INDEX
-from ftcore.plugins.formats import SourceFileOptions, text_field
-
-FTCORE_CONTRACT = "1"
+from ftcore.api import IGNORE_INDEX, DataError, RowError, SourceFileOptions, text_field
 
 FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE, FIM_PAD = "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|fim_pad|>"
 END_OF_TEXT = "<|endoftext|>"
@@ -66,8 +62,6 @@ class FimOptions(SourceFileOptions, BaseModel):
 
 def special_ids(tokenizer, names) -> list[int]:
     """The ids of ``names``; a ``DataError`` naming the missing ones."""
-    from ftcore.errors import DataError
-
     vocab = tokenizer.get_vocab()
     missing = [name for name in names if name not in vocab]
     if missing:
@@ -158,8 +152,6 @@ def fim_examples(text: str, options: FimOptions, ctx) -> list[tuple[list[int], l
 
 def fim(row, dataset, ctx):
     """One file (or row) -> its examples joined; ``cut_examples`` separates them again."""
-    from ftcore.data import RowError
-
     text = text_field(row, dataset.options.field)
     if not text.strip():
         raise RowError(f"field '{dataset.options.field}' is empty", "empty text")
@@ -179,8 +171,3 @@ def cut_examples(items, dataset, ctx):
 
 
 fim.combine = cut_examples
-
-
-@hookimpl(trylast=True)
-def register_dataset_formats(register):
-    register("fim", fim, FimOptions)

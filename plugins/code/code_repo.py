@@ -1,7 +1,7 @@
 """``type: code_repo``: the files of one repository as one document, for repository-level training.
 
 The dataset entry is one repository: a folder (or a glob) of source files, read
-whole in sorted path order (``ftcore.data.read``; ``include``/``exclude`` globs
+whole in sorted path order (by the core: ``SourceFileOptions``; ``include``/``exclude`` globs
 choose the files), or rows of a data set with the file's path and text
 (``path_field``, ``field``), in row order. They are joined as Qwen2.5-Coder
 writes a repository::
@@ -25,12 +25,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ftcore import hookimpl
-from ftcore.plugins.formats import SourceFileOptions, text_field
-from ftcore.plugins.formats.fim import encode, end_of_text_id, special_ids
-from ftcore.plugins.formats.pretrain import chunk_documents
+from ftcore.api import SourceFileOptions, chunk_documents, has_glob, source_root, text_field
 
-FTCORE_CONTRACT = "1"
+from .fim import encode, end_of_text_id, special_ids
 
 REPO_NAME, FILE_SEP = "<|repo_name|>", "<|file_sep|>"
 
@@ -58,8 +55,6 @@ def repository_name(dataset) -> str:
     """``repo_name``, else the folder's name (for a file or glob: the folder holding it), else the data set's."""
     if dataset.options.repo_name:
         return dataset.options.repo_name
-    from ftcore.data.read import has_glob, source_root
-
     if Path(dataset.path).expanduser().exists() or has_glob(dataset.path):
         return source_root(dataset).resolve().name
     return dataset.path.rstrip("/").rsplit("/", 1)[-1]
@@ -81,8 +76,3 @@ def join_repository(items, dataset, ctx):
 
 
 repo_file.combine = join_repository
-
-
-@hookimpl(trylast=True)
-def register_dataset_formats(register):
-    register("code_repo", repo_file, CodeRepoOptions)

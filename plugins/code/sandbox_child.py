@@ -1,4 +1,4 @@
-"""The sandbox's launcher: run as ``python -I -S sandbox_child.py CONFIG`` by ``ftcore.plugins.sandbox``.
+"""The sandbox's launcher: run as ``python -I -S sandbox_child.py CONFIG`` by ``sandbox.py`` beside it.
 
 Standard library only, in a fresh interpreter with one thread (no ``preexec_fn``
 in a multi-threaded trainer). In order:

@@ -1,13 +1,16 @@
 """Tiny models and tokenizers of real families, built offline and deterministically.
 
-Used by the tests, the quickstart and benchmarks: nothing is downloaded. The
+Part of the plugin-author kit (``ftcore.testing``; its pytest fixtures
+``ftcore_tiny_llama`` and friends build these), and used by ftcore's own tests,
+the quickstart and the benchmarks: nothing is downloaded. The
 tokenizers are byte-level BPE trained on the spot with ``tokenizers`` and carry
 each family's real special tokens, so chat templates and masks are exercised
 for real. Layer sizes are multiples of 32 (bitsandbytes' 4-bit CPU kernels
 need that).
 
-    python -m ftcore.tiny llama3 OUT_DIR [--hidden 64 --layers 2 --vocab 512]
-    python -m ftcore.tiny quickstart recipes/quickstart     # rebuild the quickstart's files
+    python -m ftcore.testing.tiny llama3 OUT_DIR [--hidden 64 --layers 2 --vocab 512]
+    python -m ftcore.testing.tiny mllama OUT_DIR          # a tiny Llama 3.2 Vision and its processor
+    python -m ftcore.testing.tiny quickstart recipes/quickstart     # rebuild the quickstart's files
 """
 
 from __future__ import annotations
@@ -23,6 +26,21 @@ QWEN2_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_st
                  "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>",
                  "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
                  "<|repo_name|>", "<|file_sep|>"]
+
+def _texts():
+    """The chat templates and Alpaca preambles the tiny models carry (``ftcore.api``): the one place that
+    imports them.
+
+    Imported when first needed (not at module level), so importing this module stays cheap.
+    """
+    from types import SimpleNamespace
+
+    from ftcore.api import ALPACA_PREAMBLE, ALPACA_PREAMBLE_WITH_INPUT, CHAT_TEMPLATES
+
+    return SimpleNamespace(LLAMA3=CHAT_TEMPLATES["llama3"], CHATML=CHAT_TEMPLATES["chatml"],
+                           LLAMA3_2_VISION=CHAT_TEMPLATES["llama3_2_vision"], PREAMBLE=ALPACA_PREAMBLE,
+                           PREAMBLE_WITH_INPUT=ALPACA_PREAMBLE_WITH_INPUT)
+
 
 DEFAULT_CORPUS = [
     "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
@@ -54,16 +72,12 @@ def train_tokenizer(family: str, corpus=None, vocab_size: int = 512):
             processors.TemplateProcessing(single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B:1",
                                           special_tokens=[("<|begin_of_text|>", bos)]),
         ])
-        from ftcore.plugins.formats.templates import LLAMA3
-
         fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin_of_text|>",
-                                       eos_token="<|eot_id|>", chat_template=LLAMA3)
+                                       eos_token="<|eot_id|>", chat_template=_texts().LLAMA3)
     else:
         tok.post_processor = processors.ByteLevel(trim_offsets=False)
-        from ftcore.plugins.formats.templates import CHATML
-
         fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                       chat_template=CHATML)
+                                       chat_template=_texts().CHATML)
     fast.model_max_length = 4096
     return fast
 
@@ -162,7 +176,8 @@ def build_quickstart(out_dir) -> Path:
     import tempfile
 
     from ftcore.cli import main as ftcore_main
-    from ftcore.plugins.formats.alpaca import PREAMBLE, PREAMBLE_WITH_INPUT
+
+    PREAMBLE, PREAMBLE_WITH_INPUT = _texts().PREAMBLE, _texts().PREAMBLE_WITH_INPUT
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -196,26 +211,6 @@ def build_quickstart(out_dir) -> Path:
     return out
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m ftcore.tiny", description=__doc__.split("\n\n")[0])
-    parser.add_argument("family", choices=["llama3", "qwen2", "quickstart"])
-    parser.add_argument("out_dir")
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--vocab", type=int, default=512)
-    parser.add_argument("--corpus", help="a text file to train the tokenizer on (one document per line)")
-    args = parser.parse_args(argv)
-    if args.family == "quickstart":
-        print(build_quickstart(args.out_dir))
-        return
-    corpus = Path(args.corpus).read_text(encoding="utf-8").splitlines() if args.corpus else None
-    print(build(args.family, args.out_dir, corpus, args.vocab, hidden=args.hidden, layers=args.layers))
-
-
-if __name__ == "__main__":
-    main()
-
-
 # ── Llama 3.2 Vision: a tiny MllamaForConditionalGeneration and its processor ──
 
 
@@ -232,8 +227,7 @@ def build_mllama(out_dir, corpus=None, vocab_size: int = 512, hidden: int = 64, 
     from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaProcessor
     from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
 
-    from ftcore.plugins.formats.templates import LLAMA3_2_VISION
-
+    LLAMA3_2_VISION = _texts().LLAMA3_2_VISION
     out = Path(out_dir)
     tokenizer = train_tokenizer("llama3", corpus, vocab_size)
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|image|>"]})
@@ -262,3 +256,26 @@ def build_mllama(out_dir, corpus=None, vocab_size: int = 512, hidden: int = 64, 
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m ftcore.testing.tiny", description=__doc__.split("\n\n")[0])
+    parser.add_argument("family", choices=["llama3", "qwen2", "mllama", "quickstart"])
+    parser.add_argument("out_dir")
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--vocab", type=int, default=512)
+    parser.add_argument("--corpus", help="a text file to train the tokenizer on (one document per line)")
+    args = parser.parse_args(argv)
+    if args.family == "quickstart":
+        print(build_quickstart(args.out_dir))
+        return
+    corpus = Path(args.corpus).read_text(encoding="utf-8").splitlines() if args.corpus else None
+    if args.family == "mllama":
+        print(build_mllama(args.out_dir, corpus, args.vocab, hidden=args.hidden, layers=args.layers))
+        return
+    print(build(args.family, args.out_dir, corpus, args.vocab, hidden=args.hidden, layers=args.layers))
+
+
+if __name__ == "__main__":
+    main()

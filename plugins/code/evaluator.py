@@ -1,50 +1,50 @@
-"""Code: the ``code_exec`` evaluator, pass@k of generated code run in a sandbox.
+"""The ``code_exec`` evaluator: pass@k of generated code run in a sandbox.
 
 Selected with ``evaluators: [loss, code_exec]`` and set up in the recipe's own
 ``code_exec:`` section (``CodeExecSection``). At the evaluations ``at`` names
-(default: before training, with ``eval_on_start``, and after it) it reads a
-HumanEval-format problem file (one JSON object per line with ``task_id``,
-``prompt``, ``test``, ``entry_point``), generates ``n`` completions of each
-prompt (greedy for ``n: 1``, sampled otherwise; ``batch_size`` prompts at a
-time), cuts each at the first stop sequence (``STOP`` and the tokenizer's end
-tokens; generation stops once every completion has one), runs
-``prompt + completion + test + check(entry_point)`` in the sandbox
-(``ftcore.plugins.sandbox``) and reports the unbiased pass@k of Chen et al. 2021
-for every ``k``, averaged over problems, as ``eval_code_pass@K``.
+(``AT``: ``start`` before training, with ``eval_on_start``; ``steps`` during it;
+``end`` after it; by default ``start`` and ``end``) it reads a HumanEval-format
+problem file (one JSON object per line with ``task_id``, ``prompt``, ``test``,
+``entry_point``), generates ``n`` completions of each prompt (greedy for
+``n: 1``, sampled otherwise; ``batch_size`` prompts at a time), cuts each at the
+first stop sequence (``STOP`` and the tokenizer's end tokens; generation stops
+once every completion has one), runs ``prompt + completion + test +
+check(entry_point)`` in the sandbox (``sandbox.py``) and reports the unbiased
+pass@k of Chen et al. 2021 for every ``k``, averaged over problems, as
+``eval_code_pass@K``.
 
 Without ``problems`` it uses the small set shipped with ftcore
-(``recipes/code/problems.jsonl``). The data formats for code (``type: fim``,
-``type: code_repo``) are in ``plugins/formats/``.
+(``recipes/code/problems.jsonl``, package data of ``ftcore.recipes``).
 """
 
 from __future__ import annotations
 
 import json
+from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from ftcore import hookimpl
+from ftcore.api import DataError, RecipeKeys
 
-FTCORE_CONTRACT = "1"
+from .sandbox import run_python
 
 # Where a completion of a function body ends: the next top-level statement (HumanEval's convention).
 STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 END_TOKENS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|fim_pad|>", "<|file_sep|>")
 REQUIRED = ("task_id", "prompt", "test", "entry_point")
+# The evaluation's phase (``EvalContext.phase``) -> the ``code_exec.at`` name that selects it.
+AT = {"initial": "start", "training": "steps", "final": "end"}
 
 
 def shipped_problems() -> Path:
-    from ftcore.plugins.recipes import recipes_folder
+    """ftcore's small problem set."""
+    return Path(str(files("ftcore.recipes") / "code" / "problems.jsonl"))
 
-    return recipes_folder() / "code" / "problems.jsonl"
 
-
-class CodeExecSection(BaseModel):
+class CodeExecSection(RecipeKeys):
     """The ``code_exec:`` recipe section."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     problems: str | None = Field(None, description="HumanEval-format JSONL file (default: ftcore's small set)")
     n: int = Field(1, ge=1, description="completions per problem")
@@ -72,8 +72,6 @@ class CodeExecSection(BaseModel):
 
 def load_problems(path) -> list[dict]:
     """The problems of a HumanEval-format file; ``DataError`` naming the file, line and what is wrong."""
-    from ftcore.errors import DataError
-
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"code_exec.problems: {path}: no such file")
@@ -126,8 +124,6 @@ def program(problem: dict, completion: str) -> str:
 
 def score(problems, completions, settings) -> tuple[list[int], list]:
     """Run every completion; ``(passes per problem, sandbox results per problem)``."""
-    from ftcore.plugins.sandbox import run_python
-
     passes, results = [], []
     for problem, outs in zip(problems, completions):
         runs = [run_python(program(problem, out), timeout=settings.timeout, memory_mb=settings.memory_mb,
@@ -199,40 +195,11 @@ def _share(items):
     return items
 
 
-# Where training stands, kept by ``Progress`` while a trainer runs: {"step": ..., "max_steps": ...}.
-_TRAINING: dict = {}
-
-
-def phase() -> str:
-    """"start", "steps" or "end": which evaluation this is; "end" outside training."""
-    if not _TRAINING:
-        return "end"
-    if _TRAINING["step"] == 0:
-        return "start"
-    return "end" if _TRAINING["step"] >= _TRAINING["max_steps"] else "steps"
-
-
-def _progress_callback():
-    from transformers import TrainerCallback
-
-    class Progress(TrainerCallback):
-        """Tells ``evaluate_code`` which evaluation it is at (``code_exec.at``)."""
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            _TRAINING.update(step=state.global_step, max_steps=state.max_steps)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            _TRAINING.update(step=state.global_step, max_steps=state.max_steps)
-
-        def on_train_end(self, args, state, control, **kwargs):
-            _TRAINING.clear()
-
-    return Progress()
-
-
 def evaluate_code(ctx) -> dict:
+    """The ``code_exec`` evaluator: ``{"code_pass@K": ..., "code_problems": ...}``, or nothing at a phase
+    ``code_exec.at`` leaves out."""
     settings = ctx.recipe.section("code_exec") or CodeExecSection()
-    if phase() not in settings.at:
+    if AT[ctx.phase] not in settings.at:
         return {}
     problems = load_problems(settings.problems or shipped_problems())[: settings.max_problems]
     mine = _share(list(enumerate(problems)))
@@ -246,35 +213,3 @@ def evaluate_code(ctx) -> dict:
     out = {f"code_pass@{k}": total / max(count, 1) for k, total in zip(settings.k, sums)}
     out["code_problems"] = count
     return out
-
-
-@hookimpl(trylast=True)
-def recipe_sections(register):
-    register("code_exec", CodeExecSection)
-
-
-@hookimpl(trylast=True)
-def validate_recipe(recipe, error):
-    settings = recipe.section("code_exec")
-    if "code_exec" not in recipe.evaluators:
-        return
-    if not recipe.val_set_size and not recipe.test_datasets:
-        error("evaluators", "code_exec runs at evaluations, and this recipe has no evaluation split: "
-                            "set val_set_size (e.g. 0.01) or test_datasets")
-    from ftcore.errors import DataError
-
-    try:
-        load_problems(settings.problems or shipped_problems())
-    except DataError as exc:
-        error("code_exec.problems", str(exc))
-
-
-@hookimpl(trylast=True)
-def trainer_callbacks(recipe, register):
-    if "code_exec" in recipe.evaluators:
-        register(_progress_callback())
-
-
-@hookimpl(trylast=True)
-def register_evaluators(register):
-    register("code_exec", evaluate_code)

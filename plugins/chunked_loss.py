@@ -21,21 +21,36 @@ model unchanged.
 
 It needs an architecture whose logits are exactly ``head(final hidden
 state)`` (no soft-capping or scaling after the head): ``SUPPORTED``.
+
+A plugin on the ``training_loss`` seam: it owns the two recipe keys, refuses
+the sharded engines at validation, and answers ``training_loss`` with a
+``ChunkedLoss`` when ``chunked_cross_entropy: true``.
 """
 
 from __future__ import annotations
 
 import contextlib
 
-from ftcore.data import IGNORE_INDEX
+from pydantic import Field
+
+from ftcore.api import IGNORE_INDEX, FtcoreError, RecipeKeys, hookimpl
+
+FTCORE_CONTRACT = "1"
 
 # model_type values whose forward ends in plain `logits = lm_head(hidden)`
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
 
 
-def check_supported(model) -> None:
-    from ftcore.errors import FtcoreError
+class ChunkedLossKeys(RecipeKeys):
+    chunked_cross_entropy: bool = Field(False, description="score the loss a chunk of positions at a time, never "
+                                                           "holding the whole vocabulary x sequence logits")
+    chunked_cross_entropy_num_chunks: int = Field(8, ge=1, description="chunks for chunked_cross_entropy")
 
+
+SHARDED = "does not work with DeepSpeed ZeRO-3 or FSDP yet; remove it, or use ZeRO-1/2 or DDP"
+
+
+def check_supported(model) -> None:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in SUPPORTED:
         raise FtcoreError(f"chunked_cross_entropy supports model types {', '.join(SUPPORTED)}, not {model_type!r}; "
@@ -43,10 +58,11 @@ def check_supported(model) -> None:
 
 
 class ChunkedLoss:
-    """``compute_loss_func`` for ``transformers.Trainer``, plus the context that bypasses the head.
+    """The chunked loss, and the head bypass it needs.
 
-    Use: ``with chunked.hidden_states(): outputs = model(**inputs)``, then
-    ``chunked(outputs, labels, num_items_in_batch)``.
+    ``training_loss(model, inputs, num_items_in_batch) -> (loss, outputs)`` is the answer to the
+    hook: the forward runs inside ``hidden_states()`` (the head returns its input), then
+    ``self(outputs, labels, num_items_in_batch)`` projects and scores the trained positions.
     """
 
     def __init__(self, model, num_chunks: int = 8):
@@ -69,7 +85,16 @@ class ChunkedLoss:
         logits = type(self.head).forward(self.head, hidden)  # the class's forward: never the bypass
         return F.cross_entropy(logits.float(), targets, reduction="sum")
 
+    def training_loss(self, model, inputs, num_items_in_batch=None):
+        """What ``training_loss`` returns: the forward with the head bypassed, then the chunked loss."""
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        with self.hidden_states():  # the head is bypassed for this forward only
+            outputs = model(**inputs)
+        return self(outputs, labels, num_items_in_batch), outputs
+
     def __call__(self, outputs, labels, num_items_in_batch=None):
+        """The loss of a forward run inside ``hidden_states()``."""
         import torch
         import torch.nn.functional as F
         from torch.utils.checkpoint import checkpoint
@@ -97,3 +122,28 @@ class ChunkedLoss:
 
 def _identity(hidden):
     return hidden
+
+
+@hookimpl(trylast=True)
+def recipe_keys(register):
+    register(ChunkedLossKeys)
+
+
+@hookimpl(trylast=True)
+def validate_recipe(recipe, error):
+    if not recipe.chunked_cross_entropy:
+        return
+    if recipe.get("fsdp") or recipe.get("fsdp_config") or recipe.get("deepspeed") in ("zero3", "zero3_offload"):
+        error("chunked_cross_entropy", SHARDED)
+
+
+@hookimpl(trylast=True)
+def training_loss(recipe, model):
+    if not recipe.chunked_cross_entropy:
+        return None
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled() or recipe.get("fsdp") or recipe.get("fsdp_config"):
+        # the chunks call the head's weights directly, which ZeRO-3 and FSDP keep sharded outside its forward
+        raise FtcoreError(f"chunked_cross_entropy {SHARDED}")
+    return ChunkedLoss(model, recipe.chunked_cross_entropy_num_chunks).training_loss

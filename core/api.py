@@ -1,0 +1,88 @@
+"""The public surface of ftcore for plugin authors: import from here, and only from here.
+
+Everything a plugin needs is named below, documented in docs/plugins.md and
+versioned with the hook contract (``CONTRACT_VERSION``): a name here changes
+only with a new contract version. Every other module of the ``ftcore``
+package is private, however it is spelled; the built-in plugins import only
+this module (and ``ftcore.testing`` in tests), which a test enforces, so any
+of them could live in its own pip package.
+
+Importing this module is cheap (no torch or transformers); the names that
+need them (``FtcoreTrainer``) are loaded on first use.
+
+Hooks and contract
+    ``hookimpl``, ``CONTRACT_VERSION``, ``__version__``
+Messages
+    ``get_logger(__name__)``: a logger ftcore shows on the console (``--quiet``, ``--verbose``, rank 0 only)
+Errors
+    ``FtcoreError`` (a message for the user, exit 2), ``RecipeError``,
+    ``DataError``, ``MissingPluginError`` (no plugin provides what the recipe asks for),
+    ``PluginError`` (exit 3), ``RowError`` (a bad data row)
+Recipes
+    ``Recipe`` (read-only; ``recipe.get(key)``, ``recipe.section(key)``,
+    ``recipe.is_set(key)``), ``RecipeKeys`` (base for a plugin's keys or
+    section), ``PATH`` (marks a key that names a local path), ``DatasetSpec``
+The run's stash
+    ``Stash``, ``StashKey`` and the documented keys ``PROCESSOR``,
+    ``NEW_TOKENS``, ``NEW_TOKEN_IDS``, ``ADAPTER_TARGETS``, ``ADAPTER_SCOPE``,
+    ``FROZEN_MODULES``
+Data
+    ``IGNORE_INDEX``, ``FormatContext``, ``ContentPart`` / ``ContentRow`` (what a content-part
+    handler gets), ``format_chat`` / ``ChatOptions`` (the conversation format and its keys),
+    ``conversation_segments(messages, ctx)``, ``CHAT_TEMPLATES`` (the named templates' text),
+    ``ALPACA_PREAMBLE`` / ``ALPACA_PREAMBLE_WITH_INPUT``, ``document_segments(row, name, ctx)``,
+    ``tokenize_segments(segments, tokenizer)``, ``packs(recipe)``,
+    ``PaddingCollator``, ``PackedCollator``, ``text_field(row, name)``,
+    ``SourceFileOptions`` / ``glob_match`` (formats reading source files),
+    ``has_glob(path)`` / ``source_root(spec)`` (a source path's wildcards, the folder its files are under),
+    ``chunk_documents`` (a ``combine`` cutting documents into ``sequence_len``)
+Loading
+    ``transformers_class``, ``from_pretrained``, ``finish_tokenizer``,
+    ``precision(recipe)``, ``torch_dtype(name)``
+Training and evaluation
+    ``FtcoreTrainer``, ``trainer_kwargs``, ``EvalContext``, ``run_evaluators``,
+    ``Plan`` (what ``launch_processes`` gets)
+"""
+
+from __future__ import annotations
+
+from ftcore import CONTRACT_VERSION, __version__, hookimpl
+from ftcore.data import IGNORE_INDEX, ContentPart, ContentRow, FormatContext, RowError
+from ftcore.data.chat import ChatOptions, conversation_segments, format_chat
+from ftcore.data.collate import PackedCollator, PaddingCollator
+from ftcore.data.fields import SourceFileOptions, chunk_documents, document_segments, glob_match, text_field
+from ftcore.data.pack import packs
+from ftcore.data.read import has_glob, source_root
+from ftcore.data.templates import ALPACA_PREAMBLE, ALPACA_PREAMBLE_WITH_INPUT, CHAT_TEMPLATES
+from ftcore.data.tokenize import tokenize_segments
+from ftcore.device import precision, torch_dtype
+from ftcore.errors import DataError, FtcoreError, MissingPluginError, PluginError, RecipeError
+from ftcore.evaluation import PHASES, EvalContext, run_evaluators
+from ftcore.launch import Plan
+from ftcore.log import get_logger
+from ftcore.loading import finish_tokenizer, from_pretrained, transformers_class
+from ftcore.recipe.schema import PATH, DatasetSpec, Recipe, RecipeKeys
+from ftcore.stash import (ADAPTER_SCOPE, ADAPTER_TARGETS, FROZEN_MODULES, NEW_TOKEN_IDS, NEW_TOKENS, PROCESSOR, Stash,
+                          StashKey)
+from ftcore.train import trainer_kwargs
+
+__all__ = [
+    "ADAPTER_SCOPE", "ADAPTER_TARGETS", "CONTRACT_VERSION", "DataError", "DatasetSpec",
+    "EvalContext", "FROZEN_MODULES", "FormatContext", "FtcoreError", "FtcoreTrainer", "IGNORE_INDEX", "MissingPluginError", "NEW_TOKENS", "NEW_TOKEN_IDS",
+    "PATH", "PHASES", "PROCESSOR", "PackedCollator", "PaddingCollator", "Plan", "PluginError", "Recipe", "RecipeError",
+    "RecipeKeys", "RowError", "SourceFileOptions", "Stash", "StashKey", "__version__", "chunk_documents", "glob_match",
+    "has_glob", "source_root",
+    "ALPACA_PREAMBLE", "ALPACA_PREAMBLE_WITH_INPUT", "CHAT_TEMPLATES", "ChatOptions", "ContentPart", "ContentRow",
+    "conversation_segments", "document_segments", "format_chat",
+    "finish_tokenizer", "from_pretrained", "get_logger", "hookimpl",
+    "packs", "precision", "run_evaluators", "text_field", "tokenize_segments", "torch_dtype", "trainer_kwargs",
+    "transformers_class",
+]
+
+
+def __getattr__(name):
+    if name == "FtcoreTrainer":  # a transformers.Trainer subclass: transformers loads only now
+        from ftcore import train
+
+        return train.FtcoreTrainer
+    raise AttributeError(f"module 'ftcore.api' has no attribute {name!r}")
