@@ -42,8 +42,8 @@ MEANINGS = {
     "sdp_attention": "Axolotl's spelling of `attn_implementation: sdpa`.",
     "eager_attention": "Axolotl's spelling of `attn_implementation: eager`.",
     # adapter
-    "adapter": "`lora`, `qlora` (LoRA on a 4-bit base; needs `load_in_4bit: true`), or absent for full "
-               "fine-tuning. `lora` with `load_in_8bit: true` is 8-bit LoRA.",
+    "adapter": "An adapter a plugin registers: `lora`, `qlora` (LoRA on a 4-bit base; needs `load_in_4bit: true`), "
+               "or absent for full fine-tuning. `lora` with `load_in_8bit: true` is 8-bit LoRA.",
     "lora_r": "LoRA rank.",
     "lora_alpha": "LoRA scaling numerator (the update is scaled by alpha / r).",
     "lora_dropout": "Dropout on the LoRA path.",
@@ -254,8 +254,31 @@ def _meaning(name, field, meanings) -> str:
     return text.replace("|", "\\|")
 
 
+def _plugin_keys() -> dict[str, dict]:
+    """``{plugin: {key: field}}`` of the built-in plugins' flat keys (``recipe_keys``), in BUILTINS order."""
+    from ftcore.hooks import recipe_keys
+    from ftcore.plugins_manager import load_plugins
+
+    owned: dict[str, dict] = {}
+    for key, (model, plugin) in recipe_keys(load_plugins(installed=False)).items():  # built-ins only
+        owned.setdefault(plugin, {})[key] = model.model_fields[key]
+    return owned
+
+
+PLUGIN_GROUPS = {"lora": "LoRA", "qlora": "Quantization (bitsandbytes)", "full": "Full fine-tuning",
+                 "vision": "Vision models", "distributed": "Several processes", "chunked_loss": "Chunked loss",
+                 "wandb": "Tracking"}
+
+
+def _rows(fields, meanings) -> list[str]:
+    return [f"| `{name}` | {_type(field.annotation)}{_bounds(field)} | {_default(field)} | "
+            f"{_meaning(name, field, meanings)} |" for name, field in fields.items()]
+
+
 def render() -> str:
-    stale = sorted(set(MEANINGS) - set(Recipe.model_fields)) + sorted(set(DATASET_MEANINGS) - set(DatasetSpec.model_fields))
+    plugin_keys = _plugin_keys()
+    known = set(Recipe.model_fields) | {key for keys in plugin_keys.values() for key in keys}
+    stale = sorted(set(MEANINGS) - known) + sorted(set(DATASET_MEANINGS) - set(DatasetSpec.model_fields))
     if stale:
         sys.exit(f"gen_recipe_keys: MEANINGS names keys the schema no longer has: {', '.join(stale)}")
     groups = _groups()
@@ -270,6 +293,10 @@ def render() -> str:
                     "| --- | --- | --- | --- |"]
         out.append(f"| `{name}` | {_type(field.annotation)}{_bounds(field)} | {_default(field)} | "
                    f"{_meaning(name, field, MEANINGS)} |")
+    for plugin, fields in plugin_keys.items():
+        title = PLUGIN_GROUPS.get(plugin, plugin)
+        out += ["", f"#### {title} (keys of the `{plugin}` plugin)", "", "| key | type | default | meaning |",
+                "| --- | --- | --- | --- |", *_rows(fields, MEANINGS)]
     out += ["", "#### Dataset entries (`datasets:` and `test_datasets:`)", "",
             "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
     for name, field in DatasetSpec.model_fields.items():
