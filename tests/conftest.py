@@ -68,3 +68,32 @@ def chat_file(tmp_path):
 def tiny_mllama(ftcore_tiny_mllama):
     """A tiny Llama 3.2 Vision (MllamaForConditionalGeneration) and its processor: 28-pixel tiles, 4 tiles."""
     return ftcore_tiny_mllama
+
+
+# ── the two layers: unit tests, and end-to-end ones ──────────────────────────
+# A test is end-to-end (marker `e2e`) when it is marked `slow` (a whole run), needs a tiny model
+# (built once per session: seconds), or starts ftcore in another process. `-m "not e2e"` is the fast
+# unit layer; CI runs both.
+
+# modules whose tests start processes by design: the code sandbox, launchers, installed packages
+PROCESS_MODULES = {"test_sandbox", "test_distributed", "test_example_plugin"}
+MODEL_FIXTURES = {"tiny_llama", "tiny_qwen", "tiny_mllama", "tokenizers", "llama", "qwen", "llama_vision",
+                  "ftcore_tiny_llama", "ftcore_tiny_qwen", "ftcore_tiny_mllama"}
+
+
+def _starts_processes(item) -> bool:
+    import inspect
+
+    try:
+        source = inspect.getsource(item.function)
+    except (OSError, TypeError):
+        return False
+    return item.module.__name__ in PROCESS_MODULES or any(
+        word in source for word in ("subprocess", "cli(", "_ftcore(", "getfixturevalue", "score(", "evaluate_code("))
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "slow" in item.keywords or MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) \
+                or _starts_processes(item):
+            item.add_marker(pytest.mark.e2e)
