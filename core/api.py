@@ -66,16 +66,15 @@ from ftcore.stash import (ADAPTER_SCOPE, ADAPTER_TARGETS, FROZEN_MODULES, NEW_TO
                           StashKey)
 from ftcore.train import trainer_kwargs
 
-__all__ = [
-    "ADAPTER_SCOPE", "ADAPTER_TARGETS", "CONTRACT_VERSION", "DataError", "DatasetSpec",
-    "EvalContext", "FROZEN_MODULES", "FormatContext", "FtcoreError", "FtcoreTrainer", "IGNORE_INDEX", "MissingPluginError", "NEW_TOKENS", "NEW_TOKEN_IDS",
-    "PATH", "PHASES", "PROCESSOR", "PackedCollator", "PaddingCollator", "Plan", "PluginError", "Recipe", "RecipeError",
-    "RecipeKeys", "RowError", "SourceFileOptions", "Stash", "StashKey", "__version__", "chunk_documents", "glob_match",
-    "has_glob", "source_root",
-    "ALPACA_PREAMBLE", "ALPACA_PREAMBLE_WITH_INPUT", "CHAT_TEMPLATES", "ChatOptions", "ContentPart", "ContentRow",
-    "conversation_segments", "document_segments", "format_chat",
-    "finish_tokenizer", "from_pretrained", "get_logger", "hookimpl",
-    "packs", "precision", "run_evaluators", "text_field", "tokenize_segments", "torch_dtype", "trainer_kwargs",
+__all__ = [  # FtcoreTrainer is loaded on first use (__getattr__ below)
+    "__version__", "ADAPTER_SCOPE", "ADAPTER_TARGETS", "ALPACA_PREAMBLE", "ALPACA_PREAMBLE_WITH_INPUT",
+    "CHAT_TEMPLATES", "ChatOptions", "chunk_documents", "ContentPart", "ContentRow", "CONTRACT_VERSION",
+    "conversation_segments", "DataError", "DatasetSpec", "document_segments", "EvalContext", "finish_tokenizer",
+    "format_chat", "FormatContext", "from_pretrained", "FROZEN_MODULES", "FtcoreError", "FtcoreTrainer",
+    "get_logger", "glob_match", "has_glob", "hookimpl", "IGNORE_INDEX", "MissingPluginError", "NEW_TOKEN_IDS",
+    "NEW_TOKENS", "PackedCollator", "packs", "PaddingCollator", "PATH", "PHASES", "Plan", "PluginError",
+    "precision", "PROCESSOR", "Recipe", "RecipeError", "RecipeKeys", "RowError", "run_evaluators", "source_root",
+    "SourceFileOptions", "Stash", "StashKey", "text_field", "tokenize_segments", "torch_dtype", "trainer_kwargs",
     "transformers_class",
 ]
 

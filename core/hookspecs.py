@@ -60,14 +60,11 @@ from typing import TYPE_CHECKING, Any, Callable
 from ftcore import hookspec
 
 if TYPE_CHECKING:  # the contract's types, for readers and type checkers; nothing heavy is imported at run time
-    import argparse
     from pathlib import Path
 
     import torch
-    from pydantic import BaseModel
     from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 
-    from ftcore.data import FormatContext
     from ftcore.evaluation import EvalContext
     from ftcore.launch import Plan
     from ftcore.recipe.schema import Recipe

@@ -150,15 +150,15 @@ class _QuietCpuKernels:
 
 
 @hookimpl(trylast=True)
-def run_started(recipe):
-    if quantized(recipe):
-        import logging
+def run_started():
+    # every run: peft imports bitsandbytes for LoRA too, and the notice comes at that import
+    import logging
 
-        logging.getLogger(_QuietCpuKernels.LOGGER).addFilter(_QuietCpuKernels)
+    logging.getLogger(_QuietCpuKernels.LOGGER).addFilter(_QuietCpuKernels)
 
 
 @hookimpl(trylast=True)
-def run_finished(recipe):
+def run_finished():
     import logging
 
     logging.getLogger(_QuietCpuKernels.LOGGER).removeFilter(_QuietCpuKernels)

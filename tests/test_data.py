@@ -31,6 +31,7 @@ from ftcore.api import ALPACA_PREAMBLE as PREAMBLE
 from ftcore.api import ALPACA_PREAMBLE_WITH_INPUT as PREAMBLE_WITH_INPUT
 from ftcore.plugins_manager import load_plugins
 from ftcore.recipe import validate
+from ftcore.testing import trained_runs  # the trained tokens, one decoded string per contiguous run
 from ftcore.recipe.load import RawRecipe
 
 PLUGINS = load_plugins()
@@ -67,18 +68,6 @@ def decode(tokenizer, ids):
     return tokenizer.decode(ids, clean_up_tokenization_spaces=False)
 
 
-def trained_runs(tokenizer, example):
-    """The trained tokens as decoded text, one string per contiguous run."""
-    runs, run = [], []
-    for token, label in zip(example["input_ids"], example["labels"]):
-        if label != IGNORE_INDEX:
-            run.append(token)
-        elif run:
-            runs.append(run)
-            run = []
-    if run:
-        runs.append(run)
-    return [decode(tokenizer, r) for r in runs]
 
 
 def trained_text(tokenizer, example):

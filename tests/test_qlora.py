@@ -210,21 +210,23 @@ def test_valid_quantized_recipes_pass(tmp_path):
         assert result.returncode == 0, result.stderr
 
 
-def test_an_optimizer_that_cannot_run_here_stops_before_the_model_loads(tiny_llama, alpaca_file, tmp_path,
-                                                                        monkeypatch):
+def test_an_optimizer_that_cannot_run_here_stops_before_the_model_loads(tiny_llama, alpaca_file, tmp_path):
+    from ftcore.api import hookimpl
     from ftcore.errors import FtcoreError
-    from ftcore.plugins import huggingface
+    from ftcore.testing import fresh_plugins
+    from ftcore.testing import run_recipe as kit_run_recipe
 
-    def no_loading(recipe, quantization_config):
-        raise AssertionError("the model was loaded")
+    class NoLoading:  # asked before the built-in loaders: loading at all fails the test
+        @hookimpl
+        def load_model(self):
+            raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(huggingface.load_model, "__code__", no_loading.__code__)
     if torch.cuda.is_available():
         pytest.skip("paged AdEMAMix runs on CUDA")
     # bitsandbytes 0.50 has no CPU implementation of paged AdEMAMix (the paged AdamW/Lion fall back)
     keys = base_recipe(tmp_path, tiny_llama, alpaca_file, optimizer="paged_ademamix_8bit", **QLORA)
     with pytest.raises(FtcoreError) as err:
-        run_recipe(write_recipe(tmp_path / "r.yaml", **keys))
+        kit_run_recipe(write_recipe(tmp_path / "r.yaml", **keys), plugins=fresh_plugins(("no_loading", NoLoading())))
     message = str(err.value)
     assert message.startswith("optimizer: paged_ademamix_8bit cannot run on this machine (CPU only")
     assert "use optimizer: ademamix_8bit" in message and "adamw_torch" in message

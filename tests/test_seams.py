@@ -15,8 +15,6 @@ import sys
 
 import pytest
 
-from conftest import write_recipe
-
 from ftcore.api import FtcoreTrainer, PluginError, RecipeKeys, StashKey, hookimpl, trainer_kwargs
 from ftcore.errors import RecipeError
 from ftcore.testing import fresh_plugins, load_recipe, run_recipe

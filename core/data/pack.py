@@ -33,7 +33,6 @@ from dataclasses import asdict, dataclass, replace
 
 from ftcore.data import IGNORE_INDEX, extras_of
 from ftcore.errors import FtcoreError
-from ftcore.errors import FtcoreError
 
 # Attention implementations that keep packed examples apart: the masking ones
 # detect restarts of position_ids; flash-attention gets cu_seq_lens from the collator.
