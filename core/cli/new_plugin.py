@@ -109,7 +109,7 @@ def handle(args) -> int:
     for relative in files:
         print(f"  {relative}")
     print(f"next: cd {target} && pip install -e . && python -m pytest")
-    print(f"then: ftcore plugins  (lists '{args.name}'); recipes use type: {module}_upper and a {module}: section")
+    print(f"then: ftcore plugins  (lists '{args.name}'); recipes use type: {module}_upper and the section {module}:")
     return 0
 
 
