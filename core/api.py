@@ -25,7 +25,7 @@ Recipes
 The run's stash
     ``Stash``, ``StashKey`` and the documented keys ``PROCESSOR``,
     ``NEW_TOKENS``, ``NEW_TOKEN_IDS``, ``ADAPTER_TARGETS``, ``ADAPTER_SCOPE``,
-    ``FROZEN_MODULES``
+    ``FROZEN_MODULES``, ``EVAL_SAMPLES`` (what evaluators recorded with ``EvalContext.record``)
 Data
     ``IGNORE_INDEX``, ``FormatContext``, ``ContentPart`` / ``ContentRow`` (what a content-part
     handler gets), ``format_chat`` / ``ChatOptions`` (the conversation format and its keys),
@@ -42,6 +42,9 @@ Loading
 Training and evaluation
     ``FtcoreTrainer``, ``trainer_kwargs``, ``EvalContext``, ``run_evaluators``,
     ``Plan`` (what ``launch_processes`` gets)
+Trained runs
+    ``load_trained(run_dir, plugins, *, base=False, quantize=None, overrides=())`` -> ``Trained``
+    (model, tokenizer, recipe, run_dir, stash, processor, label): a run folder's model for inference
 """
 
 from __future__ import annotations
@@ -62,20 +65,21 @@ from ftcore.launch import Plan
 from ftcore.log import get_logger
 from ftcore.loading import finish_tokenizer, from_pretrained, transformers_class
 from ftcore.recipe.schema import PATH, DatasetSpec, Recipe, RecipeKeys
-from ftcore.stash import (ADAPTER_SCOPE, ADAPTER_TARGETS, FROZEN_MODULES, NEW_TOKEN_IDS, NEW_TOKENS, PROCESSOR, Stash,
-                          StashKey)
+from ftcore.stash import (ADAPTER_SCOPE, ADAPTER_TARGETS, EVAL_SAMPLES, FROZEN_MODULES, NEW_TOKEN_IDS, NEW_TOKENS,
+                          PROCESSOR, Stash, StashKey)
 from ftcore.train import trainer_kwargs
+from ftcore.trained import Trained, load_trained
 
 __all__ = [  # FtcoreTrainer is loaded on first use (__getattr__ below)
     "__version__", "ADAPTER_SCOPE", "ADAPTER_TARGETS", "ALPACA_PREAMBLE", "ALPACA_PREAMBLE_WITH_INPUT",
     "CHAT_TEMPLATES", "ChatOptions", "chunk_documents", "ContentPart", "ContentRow", "CONTRACT_VERSION",
-    "conversation_segments", "DataError", "DatasetSpec", "document_segments", "EvalContext", "finish_tokenizer",
+    "conversation_segments", "DataError", "DatasetSpec", "document_segments", "EVAL_SAMPLES", "EvalContext", "finish_tokenizer",
     "format_chat", "FormatContext", "from_pretrained", "FROZEN_MODULES", "FtcoreError", "FtcoreTrainer",
     "get_logger", "glob_match", "has_glob", "hookimpl", "IGNORE_INDEX", "MissingPluginError", "NEW_TOKEN_IDS",
     "NEW_TOKENS", "PackedCollator", "packs", "PaddingCollator", "PATH", "PHASES", "Plan", "PluginError",
     "precision", "PROCESSOR", "Recipe", "RecipeError", "RecipeKeys", "RowError", "run_evaluators", "source_root",
-    "SourceFileOptions", "Stash", "StashKey", "text_field", "tokenize_segments", "torch_dtype", "trainer_kwargs",
-    "transformers_class",
+    "SourceFileOptions", "Stash", "StashKey", "text_field", "tokenize_segments", "torch_dtype", "Trained",
+    "trainer_kwargs", "load_trained", "transformers_class",
 ]
 
 

@@ -6,6 +6,7 @@
     recipe.yaml      the fully resolved recipe, runnable as is
     run.json         versions, plugins, data hashes, hardware, times, metrics
     metrics.jsonl    one JSON object per logging step and per evaluation
+    samples.jsonl    what evaluators generated, beside the references (when one generated)
     loss.png         train and eval loss curves
 
 Everything loads with plain transformers/peft; nothing needs ftcore.
@@ -155,6 +156,18 @@ def metrics_callback(path: Path):
                 fh.write(json.dumps(record) + "\n")
 
     return MetricsWriter()
+
+
+def write_samples(path: Path, samples) -> str | None:
+    """``samples.jsonl``: one generated sample per line (``EvalContext.record``), in the order recorded."""
+    if not samples:
+        return None
+    tmp = path / "samples.jsonl.tmp"
+    with tmp.open("w", encoding="utf-8") as fh:
+        for sample in samples:
+            fh.write(json.dumps(sample, ensure_ascii=False, default=str) + "\n")
+    tmp.replace(path / "samples.jsonl")
+    return "samples.jsonl"
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -7,7 +7,7 @@ Evaluators are registered by plugins (``register_evaluators``) and chosen by
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 
@@ -30,6 +30,10 @@ class EvalContext:
     ``step`` is the optimizer step the evaluation happens after (0 before training), ``max_steps``
     the run's total, ``phase`` one of ``PHASES``: evaluators that are costly can run in full only at
     the ``"final"`` evaluation, or keep per-step state in the ``stash``.
+
+    An evaluator that generates text keeps what it generated with :meth:`record`; the samples end up
+    in the run folder's ``samples.jsonl`` (and ``eval.json`` for ``ftcore eval``), where the report
+    shows them beside their references.
     """
 
     model: Any
@@ -43,6 +47,15 @@ class EvalContext:
     step: int = 0
     max_steps: int | None = None
     phase: str = "final"
+    samples: list = field(default_factory=list)  # what evaluators recorded, tagged (see record)
+    evaluator: str | None = None  # the name of the evaluator running now (set by run_evaluators)
+
+    def record(self, prompt: str, reference: str, prediction: str, **fields) -> None:
+        """Keep one generated sample: the prompt, the expected reply, the model's reply, and JSON-able
+        extras (per-sample scores such as ``exact_match=1.0``, image references, ...)."""
+        self.samples.append({"evaluator": self.evaluator, "step": self.step, "phase": self.phase,
+                             "prompt": str(prompt), "reference": str(reference), "prediction": str(prediction),
+                             **fields})
 
     def batches(self):
         for start in range(0, len(self.dataset), self.batch_size):
@@ -66,7 +79,11 @@ class EvalContext:
 
 
 def run_evaluators(evaluators: dict, ctx: EvalContext, prefix: str = "eval") -> dict:
-    """``{name: function}`` -> ``{"eval_<metric>": value}``; a metric reported twice is an error."""
+    """``{name: function}`` -> ``{"eval_<metric>": value}``; a metric reported twice is an error.
+
+    Samples the evaluators record (``ctx.record``) stay in ``ctx.samples`` and are added to
+    ``ctx.stash[EVAL_SAMPLES]`` when the context has a stash.
+    """
     import torch
 
     from ftcore.errors import PluginError
@@ -77,6 +94,7 @@ def run_evaluators(evaluators: dict, ctx: EvalContext, prefix: str = "eval") -> 
     try:
         with torch.no_grad():
             for name, function in evaluators.items():
+                ctx.evaluator = name
                 for key, value in (function(ctx) or {}).items():
                     full = f"{prefix}_{key}"
                     if full in metrics:
@@ -84,4 +102,9 @@ def run_evaluators(evaluators: dict, ctx: EvalContext, prefix: str = "eval") -> 
                     metrics[full], owner[full] = float(value), name
     finally:
         ctx.model.train(was_training)
+        ctx.evaluator = None
+        if ctx.stash is not None and ctx.samples:
+            from ftcore.stash import EVAL_SAMPLES
+
+            ctx.stash.setdefault(EVAL_SAMPLES, []).extend(ctx.samples)
     return metrics

@@ -16,14 +16,15 @@ from typing import Any
 
 from ftcore import hooks
 from ftcore.artifacts import (Manifest, check_output_dir, clear_output_dir, metrics_callback, plot_loss,
-                              read_metrics, summarize, write_recipe)
+                              read_metrics, summarize, write_recipe, write_samples)
 from ftcore.data import pack as packing
 from ftcore.data.cache import load_or_prepare
 from ftcore.data.prepare import set_chat_template
 from ftcore.device import describe, precision
 from ftcore.errors import FtcoreError
 from ftcore.log import console, get_logger
-from ftcore.stash import Stash
+from ftcore.report import write_pages
+from ftcore.stash import EVAL_SAMPLES, Stash
 from ftcore.train import accumulation_steps, check_optimizer, make_arguments, training_arguments
 
 
@@ -134,8 +135,10 @@ def _train(recipe, plugins, stash, output_dir, overwrite) -> RunResult:
             if main_process and manifest is not None:
                 records = read_metrics(output_dir)
                 files.append(plot_loss(output_dir, records) or "")
+                files.append(write_samples(output_dir, stash.get(EVAL_SAMPLES)) or "")
                 metrics = summarize(records)
                 manifest.finish(status, metrics, [f for f in files if f])
+                write_pages(output_dir)  # report.html and the model card README.md (replacing peft's); never fails the run
     _report_result(output_dir, metrics)
     return RunResult(output_dir, metrics, trainer.model, tokenizer, stash)
 

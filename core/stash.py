@@ -102,4 +102,9 @@ ADAPTER_SCOPE: StashKey[str] = StashKey("adapter_scope", "module-path regex adap
 #: adapter, full fine-tuning included (a vision model's tower and projector).
 FROZEN_MODULES: StashKey[list] = StashKey("frozen_modules", "parameter-name regexes that never train")
 
-KEYS = (PROCESSOR, NEW_TOKENS, NEW_TOKEN_IDS, ADAPTER_TARGETS, ADAPTER_SCOPE, FROZEN_MODULES)
+#: Generated samples evaluators recorded (``EvalContext.record``), each a dict with
+#: ``evaluator``, ``step``, ``phase``, ``prompt``, ``reference``, ``prediction`` and the
+#: evaluator's own fields; the run writes them to ``samples.jsonl``.
+EVAL_SAMPLES: StashKey[list] = StashKey("eval_samples", "generated samples the evaluators recorded")
+
+KEYS = (PROCESSOR, NEW_TOKENS, NEW_TOKEN_IDS, ADAPTER_TARGETS, ADAPTER_SCOPE, FROZEN_MODULES, EVAL_SAMPLES)

@@ -62,6 +62,7 @@ class Seams:
     def register_evaluators(self, register):
         def record(ctx):
             self.seen["evaluations"].append((ctx.step, ctx.max_steps, ctx.phase, CALLS in ctx.stash))
+            ctx.record(prompt=f"p{ctx.step}", reference="r", prediction=f"<{ctx.phase}>", score=0.5)
             return {"seams_step": ctx.step}
 
         register("seams_record", record)
@@ -128,6 +129,11 @@ def test_a_plugin_on_the_seams_alone_trains_and_its_loss_matches_the_models_own(
     losses = [r["loss"] for r in result.records if "loss" in r]
     assert losses == pytest.approx([r["loss"] for r in plain.records if "loss" in r], rel=1e-6)
     assert [r["eval_seams_step"] for r in result.records if "eval_seams_step" in r] == [0, 2, 3]
+    samples = [json.loads(line) for line in (result.output_dir / "samples.jsonl").read_text().splitlines()]
+    assert samples == [{"evaluator": "seams_record", "step": step, "phase": phase, "prompt": f"p{step}",
+                        "reference": "r", "prediction": f"<{phase}>", "score": 0.5}
+                       for step, phase in ((0, "initial"), (2, "training"), (3, "final"))]
+    assert not (result.output_dir.parent / "plain" / "out" / "samples.jsonl").exists()  # nothing recorded
 
     saved = (result.output_dir / "recipe.yaml").read_text()
     assert "neftune_noise_alpha: 5" in saved and "seams:" in saved  # set by the recipe: kept
