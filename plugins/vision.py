@@ -28,8 +28,9 @@ The plugin claims a run when the base model's config has a ``vision_config``
   loads the images lazily through a bounded cache and builds ``pixel_values``,
   ``aspect_ratio_ids``, ``aspect_ratio_mask`` and ``cross_attention_mask`` per
   batch.
-- evaluator ``exact_match``: greedy generation of each validation example's
-  last reply, scored by exact match after normalising case and space.
+- evaluation: the ``generation`` plugin's evaluator generates replies for
+  image rows through this collator (its older name ``exact_match`` reads
+  ``vision.eval_max_new_tokens``).
 
 Recipe section ``vision:`` (``max_images``, ``image_cache_size``,
 ``eval_max_new_tokens``); top-level ``image_size``, ``image_resize_algorithm``,
@@ -71,7 +72,7 @@ class VisionOptions(BaseModel):
 
     max_images: int = Field(1, ge=1, description="images one row may have (Llama 3.2 Vision is trained with one)")
     image_cache_size: int = Field(256, ge=0, description="decoded images the collator keeps in memory")
-    eval_max_new_tokens: int = Field(32, ge=1, description="tokens the exact_match evaluator generates at most")
+    eval_max_new_tokens: int = Field(32, ge=1, description="tokens the exact_match evaluator (the generation plugin's older name) generates at most")
 
 
 class VisionKeys(RecipeKeys):
@@ -566,57 +567,3 @@ class VisionCollator:
         batch["cross_attention_mask"] = cross_attention_mask(ids, self.image_token_id, num_tiles,
                                                              self.image_processor.max_image_tiles)
         return batch
-
-
-# ── evaluation: does the model answer the question? ─────────────────────────
-
-
-def normalize(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
-def last_reply(example) -> tuple[int, int] | None:
-    """``(start, end)`` of the last run of trained labels (the final reply and its end-of-turn token)."""
-    labels = example["labels"]
-    end = next((i + 1 for i in range(len(labels) - 1, -1, -1) if labels[i] != IGNORE_INDEX), None)
-    if end is None:
-        return None
-    start = end
-    while start > 0 and labels[start - 1] != IGNORE_INDEX:
-        start -= 1
-    return start, end
-
-
-def evaluate_exact_match(ctx):
-    """Greedy generation of each validation example's last reply; the share answered exactly."""
-    import torch
-
-    tokenizer = ctx.tokenizer
-    stop = [t for t in {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|eot_id|>")}
-            if isinstance(t, int) and t != tokenizer.unk_token_id]
-    most = options(ctx.recipe).eval_max_new_tokens
-    correct = total = 0
-    for item in ctx.dataset:
-        span = last_reply(item)
-        if span is None:
-            continue
-        start, end = span
-        prompt = {"input_ids": item["input_ids"][:start], "labels": [IGNORE_INDEX] * start}
-        if item.get("images"):
-            prompt["images"] = item["images"]
-        batch = ctx.on_device(ctx.collator([prompt]))
-        batch.pop("labels")
-        with torch.no_grad():
-            output = ctx.model.generate(**batch, max_new_tokens=most, do_sample=False, use_cache=True,
-                                        eos_token_id=stop, pad_token_id=tokenizer.pad_token_id)
-        answer = tokenizer.decode(output[0, start:], skip_special_tokens=True)
-        expected = tokenizer.decode(item["input_ids"][start:end], skip_special_tokens=True)
-        correct += normalize(answer) == normalize(expected)
-        total += 1
-    correct, total = ctx.reduce_sum(correct, total)
-    return {"accuracy": correct / max(total, 1)}
-
-
-@hookimpl(trylast=True)
-def register_evaluators(register):
-    register("exact_match", evaluate_exact_match)

@@ -1,4 +1,4 @@
-"""Llama 3.2 Vision: image-and-text conversations, LoRA / QLoRA / full fine-tuning, the exact_match evaluator.
+"""Llama 3.2 Vision: image-and-text conversations, LoRA / QLoRA / full fine-tuning, generation (exact_match).
 
 Everything runs on a tiny ``MllamaForConditionalGeneration`` built in the tests
 (conftest ``tiny_mllama``: Llama 3's special tokens and ``<|image|>``, 28-pixel
@@ -499,8 +499,9 @@ def test_full_fine_tuning_trains_the_language_model_with_the_vision_tower_frozen
 
 
 def test_exact_match_scores_generations_after_normalising_case_and_space(processor, shapes):
+    """``exact_match``, now the generation plugin's older name: the same score, image rows batched."""
     from ftcore.evaluation import EvalContext
-    from ftcore.plugins.vision import evaluate_exact_match, last_reply
+    from ftcore.plugins.generation import evaluate_exact_match, last_reply
 
     tok = processor.tokenizer
     data = prepare(tok, shapes)
@@ -509,18 +510,21 @@ def test_exact_match_scores_generations_after_normalising_case_and_space(process
     seen = []
 
     class Model:
-        def generate(self, input_ids, pixel_values, cross_attention_mask, **kwargs):
-            i = len(seen)
-            seen.append((input_ids, pixel_values, kwargs))
-            reply = tok(answers[i] + "<|eot_id|>", add_special_tokens=False, return_tensors="pt")["input_ids"]
-            return torch.cat([input_ids, reply], dim=1)
+        def generate(self, input_ids, attention_mask, pixel_values, cross_attention_mask, **kwargs):
+            seen.append((input_ids, attention_mask, pixel_values, kwargs))
+            replies = [tok(answers[i] + "<|eot_id|>", add_special_tokens=False)["input_ids"]
+                       for i in range(len(input_ids))]
+            width = max(len(r) for r in replies)
+            eot = tok.convert_tokens_to_ids("<|eot_id|>")
+            return torch.cat([input_ids, torch.tensor([r + [eot] * (width - len(r)) for r in replies])], dim=1)
 
     ctx = EvalContext(model=Model(), tokenizer=tok, recipe=make_recipe(), dataset=examples,
                       collator=collator(processor), batch_size=2)
     assert evaluate_exact_match(ctx) == {"accuracy": 0.75}
     start, _end = last_reply(examples[0])
-    assert seen[0][0][0].tolist() == examples[0]["input_ids"][:start]  # the prompt stops before the reply
-    assert seen[0][1].shape[:2] == (1, 1) and seen[0][2]["do_sample"] is False
+    ids, mask, pixels, options = seen[0]
+    assert ids[0][mask[0].bool()].tolist() == examples[0]["input_ids"][:start]  # the prompt stops before the reply
+    assert pixels.shape[:2] == (4, 1) and options["do_sample"] is False  # one image per prompt, greedy
 
 
 def test_the_shipped_lora_recipe_runs_on_a_tiny_model_and_its_adapter_loads_with_plain_peft(tiny_mllama, shapes,
@@ -542,7 +546,7 @@ def test_the_shipped_lora_recipe_runs_on_a_tiny_model_and_its_adapter_loads_with
         capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     run = json.loads((out / "run.json").read_text())
-    assert run["status"] == "completed" and "eval_accuracy_initial" in run["metrics"]
+    assert run["status"] == "completed" and "eval_exact_match_initial" in run["metrics"]
     model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(tiny_mllama), out)
     assert model.peft_config["default"].r == 16
     adapted = lora_modules(load_file(out / "adapter_model.safetensors"))
@@ -608,7 +612,7 @@ def test_the_vision_module_installed_as_its_own_distribution_works_unchanged(tin
         capture_output=True, text=True, cwd=tmp_path, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     run = json.loads((out / "run.json").read_text())
-    assert run["status"] == "completed" and "eval_accuracy_initial" in run["metrics"]
+    assert run["status"] == "completed" and "eval_exact_match_initial" in run["metrics"]
     assert {"name": "vision", "package": "ftcore-vision"}.items() <= next(
         p for p in run["plugins"] if p["name"] == "vision").items()
     assert "processor_config.json" in run["files"]  # the plugin's save_artifacts saved the processor
