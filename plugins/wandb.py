@@ -1,18 +1,18 @@
 """Weights & Biases tracking: Axolotl's ``wandb_*`` keys.
 
 ``wandb_project`` turns it on: the run reports to wandb through transformers'
-own integration (``report_to: ["wandb"]``), named ``wandb_name``; the other
-keys become the environment variables that integration reads, set for the
-run and put back at its end. wandb itself is an optional install
-(``pip install wandb``); a recipe that asks for it without it installed stops
-before anything loads.
+own integration, named ``wandb_name`` (the ``trackers`` plugin, which alone sets
+``report_to`` and ``run_name``, reads both); the other keys become the
+environment variables that integration reads, set for the run and put back at
+its end. wandb itself is an optional install (``pip install 'ftcore[wandb]'``);
+a recipe that asks for it without it installed stops at validation (``trackers``).
 """
 
 from __future__ import annotations
 
 from pydantic import Field
 
-from ftcore.api import FtcoreError, RecipeKeys, StashKey, hookimpl
+from ftcore.api import RecipeKeys, StashKey, hookimpl
 
 FTCORE_CONTRACT = "1"
 
@@ -50,25 +50,11 @@ def recipe_keys(register):
 def run_started(recipe, stash):
     if not recipe.wandb_project:
         return
-    import importlib.util
     import os
 
-    if importlib.util.find_spec("wandb") is None:
-        raise FtcoreError("wandb_project is set, but wandb is not installed: pip install wandb, "
-                          "or remove wandb_project")
     wanted = environment(recipe)
     stash[SAVED] = {var: os.environ.get(var) for var in wanted}
     os.environ.update(wanted)
-
-
-@hookimpl(trylast=True)
-def trainer_arguments(recipe):
-    if not recipe.wandb_project:
-        return None
-    arguments = {"report_to": ["wandb"]}
-    if recipe.wandb_name:
-        arguments["run_name"] = recipe.wandb_name
-    return arguments
 
 
 @hookimpl(trylast=True)

@@ -127,7 +127,7 @@ HINTS = frozenset((
     "cut_cross_entropy_accum_c_fp32", "cut_cross_entropy_c_grad_chunk_size", "flash_attn_cross_entropy",
     "flash_attn_rms_norm", "flash_attn_fuse_qkv", "flash_attn_fuse_mlp", "flash_optimum",
     "sample_packing_eff_est", "total_num_tokens", "total_supervised_tokens", "low_cpu_mem_usage",
-    "gpu_memory_limit", "hf_use_auth_token", "use_tensorboard", "torch_compile_backend", "torch_compile_mode",
+    "gpu_memory_limit", "hf_use_auth_token", "torch_compile_backend", "torch_compile_mode",
     "sample_packing_bin_size", "sample_packing_group_size", "sample_packing_mp_start_method",
     "multipack_real_batches", "lora_on_cpu", "embeddings_skip_upcast", "gc_steps", "gc_collect_steps",
     "include_tokens_per_second", "include_tkps", "loss_watchdog_threshold", "loss_watchdog_patience",
@@ -172,6 +172,9 @@ PLUGIN_FEATURES = {
                                         "freeze_mm_modules")},
     **{key: "Weights & Biases tracking" for key in ("wandb_project", "wandb_entity", "wandb_name", "wandb_run_id",
                                                     "wandb_watch", "wandb_log_model", "wandb_mode")},
+    **{key: "experiment tracking (TensorBoard, MLflow)" for key in ("use_tensorboard", "use_mlflow",
+                                                                   "mlflow_tracking_uri", "mlflow_experiment_name",
+                                                                   "mlflow_run_name", "hf_mlflow_log_artifacts")},
     "unfrozen_parameters": "partial full fine-tuning",
     "chunked_cross_entropy": "the chunked loss",
 }
