@@ -227,3 +227,13 @@ def save_artifacts(plugins, recipe, model, tokenizer, output_dir, stash=None) ->
 def run_finished(plugins, recipe, stash, status, error) -> None:
     """Every plugin's teardown, even when one raises; the first error is raised after all ran."""
     plugins.call_all("run_finished", keep_going=True, recipe=recipe, stash=stash, status=status, error=error)
+
+
+# ── after a run: loading what it trained (ftcore.api.load_trained) ─────────
+
+
+def load_trained_weights(plugins, recipe, model, run_dir, stash=None):
+    """The base ``model`` with the run's trained weights on it (the adapter's plugin decides how)."""
+    stash = _stash(stash)
+    return _need(plugins.call_first("load_trained_weights", recipe=recipe, model=model, run_dir=run_dir, stash=stash),
+                 "loading this run's trained weights", "adapter", recipe.adapter or "none (full fine-tuning)")[0]

@@ -30,6 +30,8 @@ When the hooks fire (docs/hooks.md has the same picture, kept equal by a test)::
               ─ (evaluators, at each evaluation)
               ─ save_artifacts
               ─ run_finished                                    (each process, also after a failure)
+    later     ─ load_tokenizer, quantization_config, load_model (a run folder: ftcore eval, generate, chat)
+              ─ load_trained_weights
 
 Three kinds of hook:
 
@@ -556,4 +558,29 @@ def run_finished(recipe: Recipe, stash: Stash, status: str, error: BaseException
         raise an ``ftcore.api.FtcoreError`` that explains it better (a dead
         rank, say); it replaces the original.
     :return: ``None``.
+    """
+
+
+# ─── After a run: loading what it trained ────────────────────────────────────
+
+
+@hookspec(firstresult=True)
+def load_trained_weights(recipe: Recipe, model: torch.nn.Module, run_dir: Path, stash: Stash) -> torch.nn.Module | None:
+    """Put a finished run's trained weights on its freshly loaded base model.
+
+    Called by ``ftcore.api.load_trained`` (``ftcore eval``, ``generate``,
+    ``chat``), after ``load_tokenizer`` (the run folder's tokenizer),
+    ``quantization_config`` and ``load_model`` loaded the base as the run did
+    (embeddings already resized to the run's tokenizer), never during
+    training; not called for the base model alone (``--baseline``).
+    firstresult: the plugin that handles ``recipe.adapter`` answers.
+
+    :param recipe: the run's validated ``recipe.yaml`` (with the command's overrides).
+    :param model: the base model, loaded and resized, not prepared for training.
+    :param run_dir: a ``pathlib.Path``: the run folder (``output_dir``) the run completed in.
+    :param stash: the loading's own stash (``stash[PROCESSOR]`` for a vision run).
+    :return: the model with the trained weights (a ``PeftModel`` for an
+        adapter, the fine-tuned model for full fine-tuning), or ``None`` when
+        this plugin does not handle ``recipe.adapter``. Raise
+        ``ftcore.api.FtcoreError`` when the run folder lacks the weights.
     """

@@ -185,10 +185,30 @@ def wrap(recipe, model, stash):
             raise FtcoreError(f"lora_target_modules: {exc}") from exc
     trainable, total = peft_model.get_nb_trainable_parameters()
     targets = peft_model.peft_config["default"].target_modules
+    # the run's start-up summary shows the trainable share; this line says where the adapter went
     log.info(f"{recipe.adapter}: r={recipe.lora_r} alpha={recipe.lora_alpha} on "
-          f"{targets if isinstance(targets, str) else sorted(targets)}; "
-          f"trainable {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)")
+             f"{targets if isinstance(targets, str) else ', '.join(sorted(targets))}")
+    log.debug(f"{recipe.adapter}: trainable {trainable:,} of {total:,} parameters")
     return peft_model
+
+
+@hookimpl(trylast=True)
+def load_trained_weights(recipe, model, run_dir):
+    """A finished run's adapter over its base (``ftcore eval``, ``generate``, ``chat``)."""
+    if recipe.adapter not in LORA_ADAPTERS:
+        return None
+    from peft import PeftModel
+
+    run_dir = Path(run_dir)
+    if not (run_dir / ADAPTER_CONFIG).is_file() or not any(run_dir.glob("adapter_model.*")):
+        raise FtcoreError(f"{run_dir} has no trained adapter ({ADAPTER_CONFIG} and adapter_model.safetensors): "
+                          f"the run (adapter: {recipe.adapter}) saved none there, or the files were removed")
+    try:
+        return PeftModel.from_pretrained(model, str(run_dir))
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        raise FtcoreError(f"the adapter in {run_dir} does not fit the base model '{recipe.base_model}': "
+                          f"{exc}") from exc
+
 
 # ── ftcore merge RUN_DIR [--out DIR] ─────────────────────────────────────────
 # ``ftcore merge RUN_DIR [--out DIR]``: fold a run's LoRA adapter into its base model.
