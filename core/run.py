@@ -19,10 +19,11 @@ from ftcore.artifacts import (Manifest, check_output_dir, clear_output_dir, metr
                               read_metrics, summarize, write_recipe, write_samples)
 from ftcore.data import pack as packing
 from ftcore.data.cache import load_or_prepare
+from ftcore.console import data_summary, final_summary, plan, quiet_trainer, run_console, watch_evaluators
 from ftcore.data.prepare import set_chat_template
 from ftcore.device import describe, precision
 from ftcore.errors import FtcoreError
-from ftcore.log import console, get_logger
+from ftcore.log import console, get_logger, hush_loading
 from ftcore.report import write_pages
 from ftcore.stash import EVAL_SAMPLES, Stash
 from ftcore.train import accumulation_steps, check_optimizer, make_arguments, training_arguments
@@ -77,7 +78,7 @@ def _train(recipe, plugins, stash, output_dir, overwrite) -> RunResult:
     template = set_chat_template(recipe, tokenizer, hooks.chat_templates(plugins))
     data = load_or_prepare(recipe, tokenizer, hooks.dataset_formats(plugins), template,  # dataset_prepared_path
                            parts=hooks.content_parts(plugins), stash=stash, plugins=plugins)
-    _report_data(data)
+    summary = _report_data(data)
     data = packing.pack_datasets(recipe, data)  # sample_packing, eval_sample_packing
     if "packing" in data.stats:
         log.info(packing.describe(data.stats["packing"]))
@@ -97,12 +98,14 @@ def _train(recipe, plugins, stash, output_dir, overwrite) -> RunResult:
     collator = hooks.build_collator(plugins, recipe, tokenizer, stash)
 
     evaluators = hooks.chosen_evaluators(plugins, recipe) if data.eval else {}
-    _report_plan(recipe, dtype, world_size)
+    shown = _report_plan(recipe, dtype, world_size, model, summary, hardware, evaluators)  # the run's console
 
-    callbacks = [metrics_callback(output_dir), *hooks.trainer_callbacks(plugins, recipe, stash)]
+    callbacks = [metrics_callback(output_dir), shown, final_evaluation(bool(data.eval)),
+                 *hooks.trainer_callbacks(plugins, recipe, stash)]
     loss = hooks.training_loss(plugins, recipe, model, stash)
     trainer = hooks.build_trainer(plugins, recipe, model, tokenizer, arguments, data.train, data.eval or None,
-                                  collator, callbacks, evaluators, loss, stash)
+                                  collator, callbacks, watch_evaluators(evaluators, shown), loss, stash)
+    quiet_trainer(trainer)  # transformers' tqdm bar and printed dicts: the console shows the run instead
 
     manifest = None
     if main_process:  # one writer; the other ranks write only their shards of a checkpoint
@@ -113,8 +116,8 @@ def _train(recipe, plugins, stash, output_dir, overwrite) -> RunResult:
 
     status, metrics = "failed", {}
     try:
-        trainer.train(resume_from_checkpoint=recipe.resume_from_checkpoint or None)
-        if data.eval and not _evaluated_last_step(trainer):
+        trainer.train(resume_from_checkpoint=recipe.resume_from_checkpoint or None)  # evaluates at its last step
+        if data.eval and not _evaluated_last_step(trainer):  # training stopped early (a plugin's callback)
             trainer.evaluate()
         status = "completed"
     except KeyboardInterrupt:
@@ -153,34 +156,51 @@ def _evaluated_last_step(trainer) -> bool:
     return any(r.get("step") == step and any(k.startswith("eval_") for k in r) for r in trainer.state.log_history)
 
 
+def final_evaluation(has_eval: bool):
+    """A callback: the trainer evaluates once at the final step, never twice at one step, and skips a
+    scheduled evaluation less than half an interval before the final one (it would show the same numbers)."""
+    from transformers import TrainerCallback
+
+    class FinalEvaluation(TrainerCallback):
+        evaluated = -1
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            self.evaluated = state.global_step
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if has_eval and state.global_step >= state.max_steps:
+                control.should_evaluate = True
+            elif control.should_evaluate and getattr(args.eval_strategy, "value", args.eval_strategy) == "steps" and args.eval_steps:
+                interval = args.eval_steps if args.eval_steps >= 1 else args.eval_steps * state.max_steps
+                if state.max_steps - state.global_step < interval / 2:
+                    control.should_evaluate = False
+            self.on_epoch_end(args, state, control)
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            if self.evaluated == state.global_step:
+                control.should_evaluate = False
+
+    return FinalEvaluation()
+
+
 def _seed(seed: int) -> None:
     from transformers import set_seed
 
     set_seed(seed)
 
 
-def _report_data(data) -> None:
-    s = data.stats["train"]
-    dropped = ", ".join(f"{n} {why}" for why, n in s["rows_dropped"].items()) or "none"
-    log.info(f"data: {s['rows_read']} rows read, {s['rows_kept']} kept (dropped: {dropped}); "
-          f"{s['tokens']:,} tokens, {s['trained_tokens']:,} trained; "
-          f"{data.stats['train_examples']} train / {data.stats['eval_examples']} eval examples")
+def _report_data(data) -> dict:
+    hush_loading()  # transformers' "Loading weights" bar: noise (shown with --verbose)
+    return data_summary(data)
 
 
-def _report_plan(recipe, dtype, world_size) -> None:
+def _report_plan(recipe, dtype, world_size, model, summary, hardware, evaluators):
+    """The run's console (a trainer callback): the start-up summary when training begins, then the live line."""
     accumulation = accumulation_steps(recipe, world_size)
     global_batch = recipe.micro_batch_size * accumulation * world_size
-    log.info(f"run: {recipe.base_model} | {recipe.adapter or 'full fine-tuning'} | {dtype} | "
-          f"global batch {global_batch} = {recipe.micro_batch_size} x {accumulation} "
-          f"x {world_size} | {'max_steps ' + str(recipe.max_steps) if recipe.max_steps else f'{recipe.num_epochs:g} epoch(s)'} | "
-          f"output {recipe.output_dir}")
+    return run_console(plan(recipe, model, summary, dtype, world_size, hardware, evaluators, global_batch,
+                            accumulation))
 
 
 def _report_result(output_dir, metrics) -> None:
-    if "eval_loss_initial" in metrics:
-        log.info(f"eval loss: {metrics['eval_loss_initial']:.4f} -> {metrics['eval_loss_final']:.4f}  "
-              f"(perplexity {metrics.get('eval_perplexity_initial', float('nan')):.2f} -> "
-              f"{metrics.get('eval_perplexity_final', float('nan')):.2f})")
-    elif "eval_loss_final" in metrics:
-        log.info(f"eval loss: {metrics['eval_loss_final']:.4f}")
-    log.info(f"saved to {output_dir}")
+    final_summary(output_dir, metrics)

@@ -119,7 +119,7 @@ def training_arguments(recipe, output_dir, n_train: int, has_eval: bool, precisi
         "report_to": [],  # a tracker plugin adds itself (trainer_arguments)
         "save_strategy": "no",
         "eval_strategy": "no",
-        "disable_tqdm": False,
+        "disable_tqdm": True,  # ftcore's console shows the run (core/console.py)
         "dataloader_num_workers": 0,
         "dataloader_pin_memory": cuda,
     }

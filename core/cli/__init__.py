@@ -20,12 +20,29 @@ def _recipe_arguments(parser):
                         help="override recipe keys, values in YAML: learning_rate=1e-4 'datasets[0].path=x.jsonl'")
 
 
+def overrides_after_flags(parser) -> None:
+    """``ftcore run RECIPE --overwrite key=value``: argparse leaves positionals after a flag unparsed; they
+    are overrides (``parse_intermixed_args`` is not available under subcommands)."""
+    parse = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        namespace, rest = parse(args, namespace)
+        late = [a for a in rest if not a.startswith("-")]
+        namespace.overrides = [*(getattr(namespace, "overrides", None) or []), *late]
+        return namespace, [a for a in rest if a.startswith("-")]
+
+    parser.parse_known_args = parse_known_args
+
+
 def _verbosity(parser, default):
     group = parser.add_mutually_exclusive_group()
     group.add_argument("-q", "--quiet", action="store_true", default=default,
                        help="print only warnings and errors")
     group.add_argument("-v", "--verbose", action="store_true", default=default,
-                       help="print debug messages too")
+                       help="print debug messages and every upstream warning too")
+    parser.add_argument("--log-format", choices=("auto", "rich", "plain", "json"), default=default,
+                        help="auto (default): rich with a live progress line on a terminal, plain lines otherwise; "
+                             "json: one JSON object per event on stdout, for scripts")
 
 
 def _level(args):
@@ -39,7 +56,8 @@ def _level(args):
 
 
 def build_parser(plugins=None) -> argparse.ArgumentParser:
-    from ftcore.cli import new_plugin, plugins_command, preprocess, run, validate
+    from ftcore.cli import eval as eval_command
+    from ftcore.cli import new_plugin, plugins_command, preprocess, report, run, validate
 
     parser = argparse.ArgumentParser(
         prog="ftcore", description="Fine-tune large language models from one YAML recipe.",
@@ -50,12 +68,13 @@ def build_parser(plugins=None) -> argparse.ArgumentParser:
     _verbosity(parser, default=None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    for module in (run, validate, preprocess, plugins_command, new_plugin):
+    for module in (run, validate, preprocess, eval_command, plugins_command, new_plugin, report):
         p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
         _verbosity(p, default=argparse.SUPPRESS)
         if module.TAKES_RECIPE:
             _recipe_arguments(p)
+            overrides_after_flags(p)
         module.configure(p)
         p.set_defaults(handler=module.handle)
 
@@ -89,7 +108,7 @@ def main(argv=None) -> int:
         args.plugins = plugins
         from ftcore.log import console
 
-        with console(_level(args)):  # ftcore's messages on stdout while the command runs
+        with console(_level(args), getattr(args, "log_format", None)):  # ftcore's messages on stdout while the command runs
             return int(args.handler(args) or 0)
     except FtcoreError as exc:
         if debug:

@@ -74,10 +74,9 @@ class _Counts:
 
 
 def _progress(rows, total, description):
-    from tqdm.auto import tqdm
+    from ftcore.console import track  # the live line on a terminal; nothing otherwise
 
-    return tqdm(rows, total=total, desc=description, unit=" rows", disable=total < 2000 or not sys.stderr.isatty(),
-                leave=False)
+    return track(rows, total, description)
 
 
 def format_row(row, spec, function, ctx) -> dict:

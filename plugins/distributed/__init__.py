@@ -281,6 +281,7 @@ def run_started(recipe, stash):
         _say_if_lost_contact(exc)
         raise
     undo = stash.setdefault(SETUP, [])
+    undo.append(_quiet_cpu_accelerator_notice())
     if recipe.deepspeed:
         import torch
 
@@ -303,6 +304,22 @@ def run_finished(recipe, stash, status, error):
         except Exception as exc:  # its barrier can find another rank gone
             _say_if_lost_contact(exc)
             raise
+
+
+def _quiet_cpu_accelerator_notice():
+    """Drop DeepSpeed's "Setting accelerator to CPU" warning for the run; returns the undo.
+
+    accelerate imports DeepSpeed whenever it is installed, and on a machine without a GPU DeepSpeed
+    warns at import that it chose the CPU, in every run, DeepSpeed or not: nothing to act on.
+    """
+    import logging
+
+    def drop(record) -> bool:
+        return "Setting accelerator to CPU" not in record.getMessage()
+
+    logger = logging.getLogger("DeepSpeed")  # DeepSpeed's own logger (deepspeed.utils.logging)
+    logger.addFilter(drop)
+    return lambda: logger.removeFilter(drop)
 
 
 def _say_if_lost_contact(exc: BaseException) -> None:
