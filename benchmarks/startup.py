@@ -77,7 +77,7 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        rows = quickstart_rows(200)
+        rows = quickstart_rows()[:200]
         data = tmp / "data.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in rows))
         corpus = [" ".join(r.values()) for r in rows]

@@ -118,96 +118,85 @@ def build(family: str, out_dir, corpus=None, vocab_size: int = 512, dtype: str =
 
 # ── the quickstart: a tiny Llama and a small task set, committed under recipes/quickstart ──
 
-WORDS = ["red", "green", "blue", "yellow", "black", "white", "cat", "dog", "bird", "fish", "tree", "star",
-         "moon", "sun", "rain", "snow"]
+# Four small tables of facts. The quickstart teaches them to a model that knows nothing: each
+# question is asked in eight phrasings, and the held-out questions are phrasings of each item the
+# model never saw during training (every item and every phrasing is trained, only not together).
+FACTS = {
+    "colour": ({"banana": "yellow", "grass": "green", "the sky": "blue", "snow": "white", "coal": "black",
+                "a tomato": "red", "a lemon": "yellow", "a frog": "green", "the sea": "blue", "milk": "white",
+                "a crow": "black", "a cherry": "red"},
+               ["What colour is {x}?", "Tell me the colour of {x}.", "Which colour does {x} have?",
+                "Name the colour of {x}.", "{X} is what colour?", "What is the colour of {x}?",
+                "Say the colour of {x}.", "Give the colour of {x} in one word."]),
+    "capital": ({"France": "Paris", "Italy": "Rome", "Spain": "Madrid", "Japan": "Tokyo", "Egypt": "Cairo",
+                 "Kenya": "Nairobi", "Peru": "Lima", "Norway": "Oslo", "Greece": "Athens", "Cuba": "Havana",
+                 "Chile": "Santiago", "Poland": "Warsaw"},
+                ["What is the capital of {x}?", "Name the capital of {x}.", "Which city is the capital of {x}?",
+                 "Tell me the capital city of {x}.", "{X}'s capital is which city?", "Give the capital of {x}.",
+                 "What city is {x}'s capital?", "Say the capital of {x} in one word."]),
+    "sound": ({"a cow": "moo", "a dog": "woof", "a cat": "meow", "a duck": "quack", "a sheep": "baa",
+               "a lion": "roar", "an owl": "hoot", "a snake": "hiss", "a pig": "oink", "a horse": "neigh",
+               "a bee": "buzz", "a mouse": "squeak"},
+              ["What sound does {x} make?", "What does {x} say?", "Which sound does {x} make?",
+               "Name the sound {x} makes.", "Tell me what {x} says.", "How does {x} sound?",
+               "Give the sound of {x} in one word.", "Say the sound {x} makes."]),
+    "opposite": ({"hot": "cold", "big": "small", "up": "down", "fast": "slow", "day": "night", "old": "new",
+                  "early": "late", "full": "empty", "light": "dark", "open": "closed", "hard": "soft",
+                  "happy": "sad"},
+                 ["What is the opposite of {x}?", "Name the opposite of {x}.", "Give the opposite of the word {x}.",
+                  "Tell me the opposite of {x}.", "Which word means the opposite of {x}?",
+                  "Say the opposite of {x}.", "The opposite of {x} is what?", "What word is the opposite of {x}?"]),
+}
 
 
-def quickstart_rows(n: int = 1200, seed: int = 0) -> list[dict]:
-    """Alpaca rows of four small word and number tasks a tiny model can learn in a minute."""
+def quickstart_rows(seed: int = 0) -> list[dict]:
+    """Alpaca rows (``instruction``, ``output``): every item of ``FACTS`` in each of its phrasings, shuffled."""
     import random
 
-    r = random.Random(seed)
     rows = []
-    for i in range(n):
-        kind = i % 4
-        if kind == 0:
-            words = r.sample(WORDS, r.randint(3, 5))
-            rows.append({"instruction": "Reverse the words.", "input": " ".join(words),
-                         "output": " ".join(reversed(words))})
-        elif kind == 1:
-            nums = [r.randint(0, 9) for _ in range(r.randint(3, 6))]
-            rows.append({"instruction": "Sort the numbers.", "input": " ".join(map(str, nums)),
-                         "output": " ".join(map(str, sorted(nums)))})
-        elif kind == 2:
-            word = r.choice(WORDS)
-            rows.append({"instruction": "Repeat the word three times.", "input": word,
-                         "output": " ".join([word] * 3)})
-        else:
-            words = r.sample(WORDS, r.randint(3, 5))
-            rows.append({"instruction": "Name the last word.", "input": " ".join(words), "output": words[-1]})
+    for facts, phrasings in FACTS.values():
+        for item, answer in facts.items():
+            for phrasing in phrasings:
+                question = phrasing.replace("{X}", item[0].upper() + item[1:]).replace("{x}", item)
+                rows.append({"instruction": question, "output": answer})
+    random.Random(seed).shuffle(rows)
     return rows
 
 
-def pretraining_texts(n: int = 3000, seed: int = 1) -> list[str]:
-    """Plain word and number sequences: what the quickstart's base model "knows" before fine-tuning."""
-    import random
-
-    r = random.Random(seed)
-    texts = []
-    for i in range(n):
-        if i % 3 == 0:
-            texts.append(" ".join(r.choice(WORDS) for _ in range(r.randint(3, 10))))
-        elif i % 3 == 1:
-            texts.append(" ".join(str(r.randint(0, 9)) for _ in range(r.randint(3, 10))))
-        else:
-            texts.append(" ".join(sorted(str(r.randint(0, 9)) for _ in range(r.randint(3, 10)))))
-    return texts
+# The output layer starts 5 times larger than transformers' default initialisation (std 0.02): a
+# random network's last hidden state is small, and with the default head even a perfect adapter
+# could not make one answer much likelier than the rest. LoRA leaves the head frozen; this scale
+# is what a pretrained model's head has, and it is what lets the quickstart learn in seconds.
+HEAD_SCALE = 5.0
 
 
 def build_quickstart(out_dir) -> Path:
-    """Write ``tasks.jsonl`` and ``tiny-llama/`` (about 1 M parameters, bf16) into ``out_dir``.
+    """Write ``tasks.jsonl`` and ``tiny-llama/`` (about 0.7 M parameters, bf16, random weights) into ``out_dir``.
 
-    The model is first pretrained for a minute with ftcore itself (full
-    fine-tuning, ``type: completion``) on plain word and number sequences, so
-    the quickstart fine-tunes a base that knows its vocabulary but not the
-    tasks: the evaluation loss before and after then means something.
+    The tokenizer is trained on the questions and answers, with Llama 3's special tokens and chat
+    template; the model is a randomly initialised 4-layer Llama that has learned nothing, so before
+    fine-tuning it answers no question, and what it answers after comes from the adapter alone.
     """
     import json
-    import tempfile
 
-    from ftcore.cli import main as ftcore_main
-
-    PREAMBLE, PREAMBLE_WITH_INPUT = _texts().PREAMBLE, _texts().PREAMBLE_WITH_INPUT
+    import torch
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = quickstart_rows()
     (out / "tasks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    corpus = DEFAULT_CORPUS + [f"{PREAMBLE_WITH_INPUT}### Instruction:\n{r['instruction']}\n\n### Input:\n"
-                               f"{r['input']}\n\n### Response:\n{r['output']}" for r in rows[:400]] + [PREAMBLE] * 50
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        build("llama3", tmp / "random", corpus, vocab_size=1024, hidden=128, layers=4, intermediate=256, seed=0)
-        (tmp / "texts.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in pretraining_texts()),
-                                         encoding="utf-8")
-        recipe = {"base_model": str(tmp / "random"), "datasets": [{"path": str(tmp / "texts.jsonl"),
-                  "type": "completion"}], "sequence_len": 64, "micro_batch_size": 16, "num_epochs": 2,
-                  "learning_rate": 3e-3, "lr_scheduler": "cosine", "warmup_ratio": 0.05,
-                  "logging_steps": 50, "seed": 0, "output_dir": str(tmp / "pretrained")}
-        import yaml
-
-        (tmp / "pretrain.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
-        if ftcore_main(["run", str(tmp / "pretrain.yaml")]) != 0:
-            raise RuntimeError("pretraining the quickstart model failed")
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        import torch
-
-        model = AutoModelForCausalLM.from_pretrained(tmp / "pretrained", dtype=torch.bfloat16)
-        tokenizer = AutoTokenizer.from_pretrained(tmp / "random")  # without the pad token the run added
-        target = out / "tiny-llama"
-        model.save_pretrained(target)
-        tokenizer.save_pretrained(target)
+    tokenizer = train_tokenizer("llama3", [f"{r['instruction']} {r['output']}" for r in rows], vocab_size=512)
+    model = build_model("llama3", tokenizer, hidden=128, layers=4, intermediate=256, seed=0)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(HEAD_SCALE)
+    model.to(torch.bfloat16)
+    # ftcore pads with the end-of-turn token (Llama 3 has no pad token); the config says so too,
+    # so transformers has nothing to "align" at load time
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    model.config.pad_token_id = model.generation_config.pad_token_id = eot
+    target = out / "tiny-llama"
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
     return out
 
 

@@ -316,5 +316,5 @@ def test_python_m_tiny_still_builds_from_the_command_line(tmp_path):
     from ftcore.testing import tiny
 
     assert importlib.util.find_spec("ftcore.tiny") is None  # moved, no shim
-    assert {"build", "build_model", "build_mllama", "train_tokenizer", "quickstart_rows", "pretraining_texts",
+    assert {"build", "build_model", "build_mllama", "train_tokenizer", "quickstart_rows",
             "build_quickstart", "main"} <= set(dir(tiny))
