@@ -13,10 +13,11 @@ BUILTINS = {
     "lora": "ftcore.plugins.lora",  # adapter: lora (and qlora's LoRA); the ftcore merge command
     "full": "ftcore.plugins.full",  # no adapter: full fine-tuning
     "qlora": "ftcore.plugins.qlora",  # adapter: qlora, load_in_4bit / load_in_8bit via bitsandbytes
-    "vision": "ftcore.plugins.vision",  # Llama 3.2 Vision: processor, model, images, exact_match evaluator
+    "vision": "ftcore.plugins.vision",  # Llama 3.2 Vision: processor, model, images, collator
     "distributed": "ftcore.plugins.distributed",  # --nproc launching; deepspeed (ZeRO presets or JSON), fsdp
     "chunked_loss": "ftcore.plugins.chunked_loss",  # chunked_cross_entropy: the training loss without full logits
     "wandb": "ftcore.plugins.wandb",  # wandb_* keys: report the run to Weights & Biases
+    "trackers": "ftcore.plugins.trackers",  # report_to, use_tensorboard, mlflow_*: TensorBoard, MLflow, wandb
     "alpaca": "ftcore.plugins.formats.alpaca",
     "completion": "ftcore.plugins.formats.completion",
     "chat_template": "ftcore.plugins.formats.chat_template",
@@ -25,7 +26,10 @@ BUILTINS = {
     "pretrain": "ftcore.plugins.formats.pretrain",  # documents -> sequence_len chunks
     "chat_templates": "ftcore.plugins.formats.templates",  # llama3(_2_vision), chatml, qwen_25, jinja, ...
     "loss": "ftcore.plugins.loss",  # evaluator: loss and perplexity
+    "lm_eval": "ftcore.plugins.lm_eval",  # evaluator: EleutherAI's lm-evaluation-harness tasks (optional extra)
+    "generation": "ftcore.plugins.generation",  # evaluator: generated replies scored (exact_match, chrf, ...)
     "code": "ftcore.plugins.code",  # Qwen2.5-Coder: formats fim, code_repo; evaluator code_exec (pass@k, sandboxed)
+    "inference": "ftcore.plugins.inference",  # the ftcore generate and ftcore chat commands
     "recipes": "ftcore.plugins.recipes",  # the recipes shipped with ftcore, by name
     "embeddings": "ftcore.plugins.embeddings",  # embeddings follow the tokenizer's added tokens
 }
