@@ -169,8 +169,9 @@ def _console():
                          + f"; train {number(p['train_examples'])} examples, {number(p['train_tokens'])} tokens"
                          + f"; eval {number(p['eval_examples'])} examples, {number(p['eval_tokens'])} tokens"),
                 ("steps", f"{number(steps)}" + (f" ({epochs:g} epochs)" if epochs else "")
-                          + f", global batch {p['global_batch']} = {p['micro_batch_size']} per device x "
-                            f"{p['gradient_accumulation_steps']} accumulation x {processes}"),
+                          + f", global batch {p['global_batch']} = {p['micro_batch_size']} x "
+                            f"{p['gradient_accumulation_steps']} x {p['world_size']} (per device x accumulation "
+                            f"x processes)"),
                 ("evaluators", ", ".join(p["evaluators"]) or "none (no eval split)"),
                 ("time", f"measured over the first {ESTIMATE_AFTER} steps, then shown as 'left'"),
             ]

@@ -49,7 +49,7 @@ def test_plain_console_shows_formatted_lines_without_dicts_or_escapes(capsys):
     out = capsys.readouterr().out
     assert not ANSI.search(out) and "{" not in out and not QUOTED_NUMBER.search(out)
     assert "run:" in out and "131,072 of 869,504 parameters trained (15.07%)" in out
-    assert "global batch 8 = 8 per device x 1 accumulation x 1 process" in out and "steps:      270" in out
+    assert "global batch 8 = 8 x 1 x 1 (per device x accumulation x processes)" in out and "steps:      270" in out
     assert "step 10/270 | loss 4.7681 | lr 1.93e-03 | grad norm 0.9153" in out
     assert "eval step 270/270 (final) | loss 2.0254 | perplexity 7.5791 | exact match 0.8500" in out
     assert "time: about" in out  # estimated once the first steps were measured
