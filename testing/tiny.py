@@ -171,7 +171,7 @@ HEAD_SCALE = 5.0
 
 
 def build_quickstart(out_dir) -> Path:
-    """Write ``tasks.jsonl`` and ``tiny-llama/`` (about 0.7 M parameters, bf16, random weights) into ``out_dir``.
+    """Write ``tasks.jsonl`` and ``tiny-llama/`` (about 0.85 M parameters, bf16, random weights) into ``out_dir``.
 
     The tokenizer is trained on the questions and answers, with Llama 3's special tokens and chat
     template; the model is a randomly initialised 4-layer Llama that has learned nothing, so before
