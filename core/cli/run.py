@@ -8,6 +8,9 @@ TAKES_RECIPE = True
 def configure(parser):
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the run already in output_dir (refused by default)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest complete checkpoint in output_dir "
+                             "(same as resume_from_checkpoint=auto)")
     group = parser.add_argument_group("several processes (docs/scaling.md)")
     group.add_argument("--nproc", type=int, default=1, metavar="N",
                        help="training processes on this machine, one per GPU (default 1: no launcher)")
@@ -26,6 +29,8 @@ def handle(args) -> int:
     from ftcore.cli.validate import path_problems, print_notes
     from ftcore.errors import RecipeError
 
+    if args.resume:
+        args.overrides = [*args.overrides, "resume_from_checkpoint=auto"]
     recipe, raw, skipped = load_recipe(args)
     check_output_dir(Path(recipe.output_dir), args.overwrite, resume=recipe.resume_from_checkpoint)
     problems = path_problems(recipe)

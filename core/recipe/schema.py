@@ -110,7 +110,9 @@ class Recipe(_Strict):
     model_type: str | None = Field(None, description="transformers class or auto class to load with")
     tokenizer_type: str | None = Field(None, description="tokenizer class, e.g. AutoTokenizer")
     tokenizer_config: str | None = Field(None, description="tokenizer to use instead of base_model's")
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(False, description="run the Python code a model repository ships (printed when true)")
+    allow_pickle: bool = Field(False, description="ftcore: load pickle-based weights (.bin, .pt, .pth) for the base "
+                                                  "model, adapters and checkpoints; safetensors otherwise")
     attn_implementation: Literal[ATTENTION] | None = Field(  # type: ignore[valid-type]
         None, description="attention kernel; default sdpa")
     flash_attention: bool | None = Field(None, description="Axolotl spelling of attn_implementation: flash_attention_2")
@@ -180,7 +182,9 @@ class Recipe(_Strict):
     eval_strategy: Literal["steps", "epoch", "no"] | None = None
     eval_on_start: bool = Field(False, description="ftcore: evaluate before the first step too")
     evaluators: list[str] = Field(default_factory=lambda: ["loss"], description="ftcore: evaluators to run")
-    resume_from_checkpoint: str | bool | None = None
+    resume_from_checkpoint: str | bool | None = Field(
+        None, description="a checkpoint folder, true or auto (ftcore: the newest complete checkpoint in output_dir; "
+                          "`ftcore run --resume`)")
 
     # ── plugins ──
     plugins: list[str] | None = Field(None, description="extra plugin modules to import")
