@@ -57,6 +57,30 @@ class RankFilter(logging.Filter):
         return record.levelno >= logging.WARNING or main_process()
 
 
+class RedactFilter(logging.Filter):
+    """Secrets (``ftcore.secrets``) replaced by their ``${oc.env:NAME}`` reference in every record shown.
+
+    On ftcore's handler, so it covers ftcore's records and those of transformers, datasets, ... that pass
+    through it; an application that logs ftcore's records through its own handlers can add it there too.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from ftcore.secrets import redact, secrets
+
+        if not secrets():
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: logging reports it later
+            return True
+        record.msg, record.args = redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
 @dataclass
 class Output:
     """Where the block's messages go: ``mode`` is ``rich``, ``plain`` or ``json``; ``level`` the shown level."""
@@ -115,7 +139,9 @@ class _Handler(logging.Handler):
 
     def emit(self, record):
         try:
-            message = self.format(record)
+            from ftcore.secrets import redact
+
+            message = redact(self.format(record))
             if self.out.mode == "json":
                 print(json.dumps({"event": "message", "level": record.levelname.lower(), "message": message}),
                       flush=True)
@@ -203,6 +229,7 @@ def console(level: int | None = None, format: str | None = None):
     handler = _Handler(out)
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.addFilter(RankFilter())
+    handler.addFilter(RedactFilter())
     previous_level, previous_propagate = logger.level, logger.propagate
     previous_output, previous_rich = _OUTPUT, _RICH
     logger.addHandler(handler)

@@ -18,8 +18,11 @@ evaluator, a content-part handler, a trainer callback) when it is called later.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.util
 import os
+import sys
 from dataclasses import dataclass, field
 
 import pluggy
@@ -86,6 +89,25 @@ def _entry_points():
     from importlib.metadata import entry_points
 
     return list(entry_points(group=ENTRY_POINT_GROUP))
+
+
+@contextlib.contextmanager
+def named_module_path():
+    """The current folder on ``sys.path`` while importing a module a recipe names explicitly.
+
+    ``python -m ftcore`` takes the current folder off ``sys.path`` (``core/__main__.py``) so no stray
+    ``.py`` there is imported by name; a ``plugins:`` module or dotted ``type:`` in that folder still works.
+    """
+    folder = os.environ.get("FTCORE_MODULE_FOLDER")
+    if not folder or folder in sys.path:
+        yield
+        return
+    sys.path.append(folder)  # last: an installed module of the same name wins
+    try:
+        yield
+    finally:
+        if folder in sys.path:
+            sys.path.remove(folder)
 
 
 class Plugins:
@@ -181,23 +203,49 @@ class Plugins:
             ) from exc
         self.add(module, info)
 
-    def add_recipe_plugins(self, modules) -> list[str]:
+    def add_recipe_plugins(self, modules, validate_first=None) -> list[str]:
         """Import the modules a recipe lists under ``plugins:``; return those skipped.
 
         Axolotl's own integrations (``axolotl.integrations...``) are skipped: an
         Axolotl recipe that lists them still validates, and their keys are
         accepted as hints.
+
+        No code runs for a broken recipe: a module that cannot be found is a recipe error (exit 2), and
+        ``validate_first`` (validation without these modules) runs before anything is imported; its
+        problems stop here unless every one is an unknown key (which the module may own).
         """
-        skipped = []
+        from ftcore.errors import RecipeError
+
+        skipped, wanted, missing = [], [], []
         if not isinstance(modules, list):
             return skipped  # the schema reports a wrong type
-        for module in modules:
+        for i, module in enumerate(modules):
             if not isinstance(module, str) or module in self.info:
                 continue
             if module.startswith("axolotl."):
                 skipped.append(module)
                 continue
-            self.add_module(module, _module_info(module))
+            try:  # the top-level package only: finding a submodule would import its parents
+                with named_module_path():
+                    found = importlib.util.find_spec(module.split(".")[0]) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                missing.append((f"plugins[{i}]", f"no module named '{module}' can be found (is the package installed, "
+                                                 f"or its folder on PYTHONPATH?)"))
+            wanted.append(module)
+        if missing:
+            raise RecipeError(missing)
+        if wanted and validate_first is not None:
+            try:
+                validate_first()
+            except RecipeError as exc:
+                # what the modules may register (keys, formats, evaluators, templates, adapters) is not wrong yet
+                if not all(_plugin_may_fix(key, message) for key, message in exc.problems):
+                    raise
+        for module in wanted:
+            with named_module_path():
+                self.add_module(module, _module_info(module))
         return skipped
 
     def raise_refused(self) -> None:
@@ -422,3 +470,12 @@ def load_plugins(recipe_plugins=(), tolerate_refused: bool = False, installed: b
     # check stays as the backstop should a plugin be registered another way.
     plugins.pm.check_pending()
     return plugins
+
+
+def _plugin_may_fix(key, message: str) -> bool:
+    """A problem a recipe's own plugin module could make go away by registering what is missing."""
+    key = key or ""
+    return (message.startswith(("unknown key", "unknown format", "unknown evaluator", "unknown template",
+                                "no plugin provides", "required; registered formats"))
+            or (key == "adapter" and "is not allowed" in message)
+            or (key.endswith(".type") and "unknown" in message))

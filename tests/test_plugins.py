@@ -972,9 +972,13 @@ def test_axolotl_integrations_are_skipped_not_imported():
     assert list(plugins.info) == list(BUILTINS)
 
 
-def test_a_recipe_plugin_that_does_not_exist_is_a_plugin_error():
-    with pytest.raises(PluginError, match=r"'acme_missing\.plug'.*failed to import.*ModuleNotFoundError"):
+def test_a_recipe_plugin_that_does_not_exist_is_a_mistake_in_the_recipe():
+    # issue 13: a module name that cannot be found is the recipe's error (exit 2), not a plugin failing (exit 3)
+    from ftcore.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=r"plugins\[0\]: no module named 'acme_missing\.plug'") as caught:
         load_plugins(["acme_missing.plug"])
+    assert caught.value.exit_code == 2
 
 
 # ── 6. the documentation contract of core/hookspecs.py ───────────────────────

@@ -92,6 +92,7 @@ def build_parser(plugins=None) -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _LOADED.clear()
     debug = "--debug" in argv
     try:
         from ftcore.plugins_manager import load_plugins
@@ -113,7 +114,12 @@ def main(argv=None) -> int:
     except FtcoreError as exc:
         if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        from ftcore.secrets import redact
+
+        if isinstance(exc, RecipeError) and _LOADED and exc.source in (None, _LOADED[-1].source):
+            exc = _naming_overrides(exc, _LOADED[-1])  # a path check after loading: an override still says so
+
+        print(f"error: {redact(str(exc))}", file=sys.stderr)  # a secret read from the environment stays unsaid
         return exc.exit_code
     except KeyboardInterrupt:
         if debug:
@@ -127,11 +133,53 @@ def main(argv=None) -> int:
         return 0
 
 
+from ftcore.errors import RecipeError  # noqa: E402
+
+_LOADED: list = []  # the raw recipe the running command loaded, so later errors can name its overrides
+
+
 def load_recipe(args):
     """The validated recipe from ``args.recipe`` and ``args.overrides``; also returns skipped plugins."""
     from ftcore.hooks import named_recipes
     from ftcore.recipe import load_raw, validate
 
     raw = load_raw(args.recipe, args.overrides, named_recipes(args.plugins))
-    skipped = args.plugins.add_recipe_plugins(raw.data.get("plugins"))
-    return validate(raw, args.plugins), raw, skipped
+    _LOADED[:] = [raw]
+    try:
+        skipped = args.plugins.add_recipe_plugins(raw.data.get("plugins"), validate_first=lambda: validate(raw, args.plugins))
+        return validate(raw, args.plugins), raw, skipped
+    except RecipeError as exc:
+        raise _naming_overrides(exc, raw) from None
+
+
+def _naming_overrides(exc, raw):
+    """Problems with a key the command line set say so: the recipe file is not where to look."""
+    from ftcore.errors import RecipeError
+
+    def override_of(key):
+        for given, text in raw.overrides.items():
+            plain = given.replace("[", ".").replace("]", "")
+            name = (key or "").replace("[", ".").replace("]", "")
+            if name == plain or name.startswith(plain + "."):
+                return text
+        return None
+
+    if exc.source is None:
+        exc = RecipeError(exc.problems, source=raw.source)
+    problems, given = [], []
+    texts = [override_of(key) for key, _ in exc.problems]
+    alone = len(set(texts)) == 1 and texts[0] is not None  # one override, every problem: the heading says it
+    for (key, message), text in zip(exc.problems, texts):
+        if text:
+            if text not in given:
+                given.append(text)
+            if not alone:
+                message = f"{message} (set by the command-line override '{text}')"
+        problems.append((key, message))
+    if not given:
+        return exc
+    if None in texts:
+        source = f"{raw.source} and the command line"
+    else:
+        source = "the command-line override" + ("s " if len(given) > 1 else " ") + ", ".join(f"'{t}'" for t in given)
+    return RecipeError(problems, source=source)

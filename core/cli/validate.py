@@ -52,6 +52,41 @@ def print_notes(recipe, skipped):
         print(f"note: skipped Axolotl plugins: {', '.join(skipped)}")
 
 
+def code_lines(recipe) -> list[str]:
+    """Every piece of code the recipe brings in: plugin modules (with their files), dotted formats, remote code."""
+    import sys
+
+    lines = []
+    for module in recipe.plugins or []:
+        if module.startswith("axolotl."):
+            continue
+        loaded = sys.modules.get(module)
+        where = getattr(loaded, "__file__", None) or "not imported"
+        lines.append(f"plugins: {module} ({where})")
+    for list_key in ("datasets", "test_datasets"):
+        for i, spec in enumerate(getattr(recipe, list_key) or []):
+            if spec.type and "." in spec.type:
+                module = sys.modules.get(spec.type.rsplit(".", 1)[0])
+                where = getattr(module, "__file__", None)
+                lines.append(f"{list_key}[{i}].type: {spec.type}" + (f" ({where})" if where else ""))
+            if spec.trust_remote_code:
+                lines.append(f"{list_key}[{i}].trust_remote_code: true (the dataset code of {spec.path})")
+    if recipe.trust_remote_code:
+        lines.append(f"trust_remote_code: true (the Python code of the model repository {recipe.base_model}"
+                     + (f" and {recipe.tokenizer_config}" if recipe.tokenizer_config else "") + ")")
+    return lines
+
+
+def print_code(recipe) -> None:
+    lines = code_lines(recipe)
+    if not lines:
+        print("  code this recipe runs: none")
+        return
+    print("  code this recipe runs:")
+    for line in lines:
+        print(f"    {line}")
+
+
 def handle(args) -> int:
     from ftcore.cli import load_recipe
 
@@ -66,7 +101,10 @@ def handle(args) -> int:
     print(f"  adapter:    {recipe.adapter or 'none (full fine-tuning)'}")
     print(f"  datasets:   {datasets}")
     print(f"  output_dir: {recipe.output_dir}")
-    out = Path(recipe.output_dir)
-    if out.is_dir() and any(out.iterdir()) and not recipe.resume_from_checkpoint:
-        print("  note: output_dir is not empty; `ftcore run` will need --overwrite")
+    print_code(recipe)
+    from ftcore.artifacts import output_dir_note
+
+    note = output_dir_note(Path(recipe.output_dir), recipe.resume_from_checkpoint)
+    if note:
+        print(f"  note: {note}")
     return 0

@@ -15,6 +15,10 @@ from pathlib import Path
 from ftcore.errors import RecipeError
 
 SAFE_RESOLVERS = {"oc.env", "recipe_dir"}
+ALLOWED_INTERPOLATION = "${other_key}, ${oc.env:NAME}, ${oc.env:NAME,default} and ${recipe_dir:}"
+NO_CODE = f"recipes never run code: the only interpolations are {ALLOWED_INTERPOLATION}"
+MAX_VALUES = 200_000  # values a recipe may hold once YAML aliases are expanded (a real recipe: a few hundred)
+_ENV = re.compile(r"\$\{\s*oc\.env\s*:\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:,[^}]*)?\}")
 _RESOLVER = re.compile(r"\$\{\s*([A-Za-z_][\w.]*)\s*:")
 _RECIPE_DIR = re.compile(r"\$\{\s*recipe_dir\s*:\s*\}")
 _YAML12_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9_]+|[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)$")
@@ -25,6 +29,8 @@ class RawRecipe:
     data: dict
     path: Path | None
     files: list[Path] = field(default_factory=list)
+    env: dict = field(default_factory=dict)  # key path -> the original "${oc.env:NAME}" string
+    overrides: dict = field(default_factory=dict)  # key given on the command line -> "key=value"
 
     @property
     def source(self) -> str:
@@ -66,18 +72,57 @@ def _read_yaml(path: Path):
     except UnicodeDecodeError as exc:
         raise RecipeError([(None, f"not a UTF-8 text file (byte {exc.start}): is this a recipe?")],
                           source=str(path)) from exc
+    data = load_yaml_text(text, str(path))
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError([(None, f"a recipe must be a mapping of keys to values, got {type(data).__name__}")], source=str(path))
+    bad = list(interpolation_problems(data))
+    if bad:
+        raise RecipeError(bad, source=str(path))
+    return _substitute_recipe_dir(data, path.resolve().parent)
+
+
+def load_yaml_text(text: str, source: str):
+    """YAML -> Python values, safely: no object-building tags, no duplicate keys, no alias bombs."""
+    import yaml
+
     try:
         data = yaml.load(text, Loader=_strict_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise RecipeError([(None, f"YAML syntax error at {where}{problem}")], source=str(path)) from exc
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise RecipeError([(None, f"a recipe must be a mapping of keys to values, got {type(data).__name__}")], source=str(path))
-    return _substitute_recipe_dir(data, path.resolve().parent)
+        if "could not determine a constructor for the tag" in problem:
+            found = re.search(r"tag '([^']*)'", problem)
+            tag = (found.group(1) if found else problem).replace("tag:yaml.org,2002:", "!!")
+            raise RecipeError([(None, f"{where}the YAML tag '{tag}' is refused: YAML tags that build objects "
+                                      f"are not allowed (recipes never run code)")], source=source) from exc
+        raise RecipeError([(None, f"YAML syntax error at {where}{problem}")], source=source) from exc
+    if _expanded_size(data) > MAX_VALUES:
+        line = next((e.start_mark.line + 1 for e in yaml.parse(text, Loader=_strict_loader())
+                     if isinstance(e, yaml.AliasEvent)), None)
+        raise RecipeError([(None, f"YAML aliases (*name) expand to more than {MAX_VALUES:,} values"
+                                  + (f" (first alias on line {line})" if line else "")
+                                  + "; refusing to expand them (a recipe needs a few hundred)")], source=source)
+    return data
+
+
+def _expanded_size(value) -> int:
+    """How many values ``value`` holds once shared (aliased) lists and mappings are copied out; linear time."""
+    sizes: dict[int, int] = {}
+
+    def size(v) -> int:
+        if not isinstance(v, (dict, list)):
+            return 1
+        key = id(v)
+        if key not in sizes:
+            sizes[key] = 0  # a self-referencing alias counts once
+            children = v.values() if isinstance(v, dict) else v
+            sizes[key] = min(MAX_VALUES + 1, 1 + sum(size(c) for c in children))
+        return sizes[key]
+
+    return size(value)
 
 
 def _make_strict_loader():
@@ -86,9 +131,20 @@ def _make_strict_loader():
     class StrictLoader(yaml.SafeLoader):
         """SafeLoader that rejects duplicate keys (a silent override otherwise)."""
 
+    def flatten_mapping(loader, node):
+        yaml.SafeLoader.flatten_mapping(loader, node)
+        if len(node.value) > MAX_VALUES:  # merge keys (<<: *a) copy entries: nested ones blow up like aliases
+            raise yaml.constructor.ConstructorError(
+                None, None, f"YAML merge keys (<<: *name) expand to more than {MAX_VALUES:,} entries; refusing "
+                            f"to expand them (a recipe needs a few hundred)", node.start_mark)
+
+    StrictLoader.flatten_mapping = flatten_mapping
+
     def construct_mapping(loader, node, deep=False):
         seen = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # "<<: *shared": SafeLoader merges it below (explicit keys win)
             key = loader.construct_object(key_node, deep=deep)
             if not isinstance(key, Hashable):
                 continue  # SafeLoader reports it
@@ -123,6 +179,33 @@ def _substitute_recipe_dir(value, folder: Path):
     return value
 
 
+_ALLOWED_FORMS = re.compile(
+    r"\$\{(?:\s*[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*|\.\d+|\[\d+\])*\s*"   # ${other_key}, ${datasets.0.path}
+    r"|\s*oc\.env\s*:\s*[A-Za-z_][A-Za-z0-9_]*\s*(?:,[^${}]*)?"              # ${oc.env:NAME[,default]}
+    r"|\s*recipe_dir\s*:\s*)\}")                                               # ${recipe_dir:}
+
+
+def interpolation_problems(value, path=""):
+    """``(key, message)`` for every ``${...}`` that is not one of the allowed forms (checked before OmegaConf
+    parses anything, so its grammar errors never reach the user)."""
+    if isinstance(value, str):
+        start = value.find("${")
+        while start != -1:
+            if not (start and value[start - 1] == "\\") and not _ALLOWED_FORMS.match(value, start):
+                shown = value[start:value.find("}", start) + 1 or len(value)][:60]
+                name = _RESOLVER.match(value, start)
+                what = f"the resolver '{name.group(1)}'" if name else "this interpolation"
+                yield path or None, f"'{shown}' is not allowed ({what}): {NO_CODE}"
+                break
+            start = value.find("${", start + 2)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from interpolation_problems(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from interpolation_problems(v, f"{path}[{i}]")
+
+
 def _unsafe_resolvers(value, path=""):
     """Yield (key_path, resolver) for interpolations outside SAFE_RESOLVERS."""
     if isinstance(value, str):
@@ -139,7 +222,41 @@ def _unsafe_resolvers(value, path=""):
 
 def _message(exc) -> str:
     """The first line of an OmegaConf error (the rest repeats the key and object type)."""
-    return (getattr(exc, "msg", None) or str(exc)).splitlines()[0]
+    message = (getattr(exc, "msg", None) or str(exc)).splitlines()[0]
+    if "token recognition error" in message or "mismatched input" in message or "no viable alternative" in message:
+        return f"'${{...}}' that is not a plain interpolation ({message}): {NO_CODE}"
+    return message
+
+
+def _register_env_secrets(value) -> None:
+    """Every ``${oc.env:NAME}`` a recipe reads is a secret: its value is never written (ftcore.secrets)."""
+    import os
+
+    from ftcore import secrets
+
+    if isinstance(value, str):
+        for name in _ENV.findall(value):
+            if name in os.environ:
+                secrets.register(os.environ[name], f"${{oc.env:{name}}}")
+    elif isinstance(value, dict):
+        for v in value.values():
+            _register_env_secrets(v)
+    elif isinstance(value, list):
+        for v in value:
+            _register_env_secrets(v)
+
+
+def env_references(value, path=""):
+    """Yield ``(key_path, original string)`` for every string that reads ``${oc.env:...}``."""
+    if isinstance(value, str):
+        if _ENV.search(value):
+            yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from env_references(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from env_references(v, f"{path}[{i}]")
 
 
 def _create(data: dict, source: str):
@@ -180,18 +297,21 @@ _INDEX = re.compile(r"\[(\d+)\]")
 
 def parse_override(text: str):
     """``'datasets[0].path=x.jsonl'`` -> ``('datasets.0.path', 'x.jsonl')``; value parsed as YAML."""
-    import yaml
-
     if "=" not in text:
-        raise RecipeError([("overrides", f"'{text}' is not key=value")], source="command line")
+        raise RecipeError([("overrides", f"'{text}' is not key=value")], source=f"the command-line override '{text}'")
     key, _, raw = text.partition("=")
     key = key.strip()
     if not re.fullmatch(r"[A-Za-z_][\w]*(\.\w+|\[\d+\])*", key):
-        raise RecipeError([("overrides", f"'{key}' is not a recipe key path (like learning_rate or datasets[0].path)")], source="command line")
+        raise RecipeError([("overrides", f"'{key}' is not a recipe key path (like learning_rate or datasets[0].path)")], source=f"the command-line override '{text}'")
+    source = f"the command-line override '{text}'"
     try:
-        value = yaml.load(raw, Loader=_strict_loader()) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise RecipeError([(key, f"cannot parse the value '{raw}' as YAML: {getattr(exc, 'problem', exc)}")], source="command line") from exc
+        value = load_yaml_text(raw, source) if raw.strip() else None
+    except RecipeError as exc:
+        raise RecipeError([(key, f"cannot parse the value '{raw}': {m}") for _, m in exc.problems], source=source) from None
+    bad = [(key + (k[len("<value>"):] if k and k != "<value>" else ""), m)
+           for k, m in interpolation_problems(value, "<value>")]
+    if bad:
+        raise RecipeError(bad, source=source)
     return _INDEX.sub(r".\1", key), value
 
 
@@ -204,18 +324,18 @@ def _apply_override(cfg, dotted: str, value, original: str):
         nxt = node[int(part)] if isinstance(node, ListConfig) and part.isdigit() and int(part) < len(node) else None
         if isinstance(node, ListConfig):
             if not part.isdigit() or int(part) >= len(node):
-                raise RecipeError([(original, f"index {part} is out of range: the list has {len(node)} item(s)")], source="command line")
+                raise RecipeError([(original, f"index {part} is out of range: the list has {len(node)} item(s)")], source=f"the command-line override of '{original}'")
             node = nxt
             continue
         if part not in node or node[part] is None:
             node[part] = [] if parts[i + 1].isdigit() else {}
         node = node[part]
         if not OmegaConf.is_config(node):
-            raise RecipeError([(original, f"'{'.'.join(parts[: i + 1])}' is a value, not a mapping or list")], source="command line")
+            raise RecipeError([(original, f"'{'.'.join(parts[: i + 1])}' is a value, not a mapping or list")], source=f"the command-line override of '{original}'")
     last = parts[-1]
     if isinstance(node, ListConfig):
         if not last.isdigit() or int(last) > len(node):
-            raise RecipeError([(original, f"index {last} is out of range: the list has {len(node)} item(s)")], source="command line")
+            raise RecipeError([(original, f"index {last} is out of range: the list has {len(node)} item(s)")], source=f"the command-line override of '{original}'")
         if int(last) == len(node):
             node.append(value)
         else:
@@ -237,21 +357,24 @@ def load_raw(source: str, overrides=(), named_recipes=None) -> RawRecipe:
         try:
             _apply_override(cfg, dotted, _substitute_recipe_dir(value, path.resolve().parent), key)
         except OmegaConfBaseException as exc:
-            raise RecipeError([(key, _message(exc))], source="command line") from exc
+            raise RecipeError([(key, _message(exc))], source=f"the command-line override '{text}'") from exc
     container = OmegaConf.to_container(cfg, resolve=False)
     bad = list(_unsafe_resolvers(container))
     if bad:
         raise RecipeError(
-            [(k, f"interpolation '${{{name}:...}}' is not allowed; allowed: "
-                 f"${{other_key}}, ${{oc.env:NAME}}, ${{recipe_dir:}}") for k, name in bad],
+            [(k, f"interpolation '${{{name}:...}}' is not allowed: {NO_CODE}") for k, name in bad],
             source=str(path),
         )
+    _register_env_secrets(container)
     try:
         data = OmegaConf.to_container(cfg, resolve=True)
     except Exception as exc:  # omegaconf's InterpolationResolutionError and friends
         key = getattr(exc, "full_key", None)
         raise RecipeError([(key, f"cannot resolve interpolation: {_message(exc)}")], source=str(path)) from exc
-    return RawRecipe(data, path, files)
+    raw = RawRecipe(data, path, files)
+    raw.env = dict(env_references(container))  # key path -> "${oc.env:NAME}" string, for recipe.yaml
+    raw.overrides = {text.partition("=")[0].strip(): text for text in overrides}
+    return raw
 
 
 def _strict_loader():

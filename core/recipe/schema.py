@@ -21,7 +21,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+import types
+import typing
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 # The optimizer and scheduler names transformers accepts (its OptimizerNames
 # and SchedulerType), listed here so validation never imports transformers.
@@ -46,8 +49,29 @@ SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "sep_t
                       "additional_special_tokens")
 
 
+def _numbers_only(annotation) -> bool:
+    """True for ``int``, ``float`` and their optional forms: fields where a YAML ``true`` is a mistake."""
+    if annotation in (int, float):
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return bool(args) and all(a in (int, float) for a in args)
+    return False
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, protected_namespaces=())
+    # allow_inf_nan=False: `learning_rate: .inf` or `1e400` is refused instead of training to NaN
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, protected_namespaces=(),
+                              allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value, info):
+        # pydantic reads `true` as 1 for an int field: `lora_r: true` would train with r=1
+        if isinstance(value, bool) and info.field_name in cls.model_fields \
+                and _numbers_only(cls.model_fields[info.field_name].annotation):
+            raise ValueError("a number is needed, not a boolean (true/false)")
+        return value
 
 
 class RecipeKeys(_Strict):
@@ -68,6 +92,7 @@ class RecipeKeys(_Strict):
 
 
 PATH = {"path": True}  # json_schema_extra of a plugin key that names a local file or folder
+SECRET = {"secret": True}  # json_schema_extra of a key that takes a secret (a token): ${oc.env:...} may go out
 
 
 class DatasetSpec(BaseModel):
@@ -127,8 +152,8 @@ class Recipe(_Strict):
     test_datasets: list[DatasetSpec] | None = None
     val_set_size: float = Field(0.0, ge=0, description="fraction (< 1) or number of rows held out for evaluation")
     dataset_prepared_path: str | None = None
-    dataset_processes: int | None = Field(None, ge=1)
-    sequence_len: int = Field(2048, ge=8)
+    dataset_processes: int | None = Field(None, ge=1, le=1024)
+    sequence_len: int = Field(2048, ge=8, le=1_048_576)
     sample_packing: bool = False
     eval_sample_packing: bool | None = None
     pad_to_sequence_len: bool | None = None
@@ -142,43 +167,44 @@ class Recipe(_Strict):
     excess_length_strategy: Literal["drop", "truncate"] = "drop"
 
     # ── training ──
-    micro_batch_size: int = Field(1, ge=1)
-    eval_batch_size: int | None = Field(None, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    batch_size: int | None = Field(None, ge=1, description="global batch; sets gradient_accumulation_steps to "
+    micro_batch_size: int = Field(1, ge=1, le=65_536)
+    eval_batch_size: int | None = Field(None, ge=1, le=65_536)
+    gradient_accumulation_steps: int = Field(1, ge=1, le=65_536)
+    batch_size: int | None = Field(None, ge=1, le=16_777_216, description="global batch; sets gradient_accumulation_steps to "
                                                           "batch_size / (micro_batch_size x processes)")
     group_by_length: bool = False
-    num_epochs: float = Field(1, gt=0)
-    max_steps: int | None = Field(None, ge=1)
-    learning_rate: float = Field(2e-4, gt=0)
+    num_epochs: float = Field(1, gt=0, le=10_000)
+    max_steps: int | None = Field(None, ge=1, le=1_000_000_000)
+    learning_rate: float = Field(2e-4, gt=0, le=10)
     optimizer: Literal[OPTIMIZERS] = "adamw_torch"  # type: ignore[valid-type]
     lr_scheduler: Literal[SCHEDULERS] = "cosine"  # type: ignore[valid-type]
     lr_scheduler_kwargs: dict[str, Any] | None = None
     cosine_min_lr_ratio: float | None = Field(None, ge=0, le=1)
-    warmup_steps: int | None = Field(None, ge=0)
+    warmup_steps: int | None = Field(None, ge=0, le=1_000_000_000)
     warmup_ratio: float | None = Field(None, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, le=100)
     adam_beta1: float | None = Field(None, gt=0, lt=1)
     adam_beta2: float | None = Field(None, gt=0, lt=1)
     adam_epsilon: float | None = Field(None, gt=0)
-    max_grad_norm: float = Field(1.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0, le=1e6)
     bf16: Literal["auto"] | bool | None = "auto"
     fp16: bool | None = None
     tf32: bool | None = None
     gradient_checkpointing: bool | None = False
     gradient_checkpointing_kwargs: dict[str, Any] | None = None
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=2**32 - 1)
 
     # ── outputs, logging, checkpoints ──
-    output_dir: str = "./outputs"
-    logging_steps: int = Field(1, ge=1)
-    save_steps: float | None = Field(None, gt=0, description="steps between checkpoints (< 1: fraction of the run)")
-    saves_per_epoch: int | None = Field(None, ge=1)
-    save_total_limit: int | None = Field(None, ge=1)
+    output_dir: str = Field("./outputs/run", description="where the run folder goes; default ./outputs/<recipe file "
+                                                        "name without .yaml> (./outputs/run for a recipe built in Python)")
+    logging_steps: int = Field(1, ge=1, le=1_000_000_000)
+    save_steps: float | None = Field(None, gt=0, le=1_000_000_000, description="steps between checkpoints (< 1: fraction of the run)")
+    saves_per_epoch: int | None = Field(None, ge=1, le=1_000_000)
+    save_total_limit: int | None = Field(None, ge=1, le=1_000_000)
     save_strategy: Literal["steps", "epoch", "no"] | None = None
     save_only_model: bool | None = None
-    eval_steps: float | None = Field(None, gt=0, description="steps between evaluations (< 1: fraction of the run)")
-    evals_per_epoch: int | None = Field(None, ge=0)
+    eval_steps: float | None = Field(None, gt=0, le=1_000_000_000, description="steps between evaluations (< 1: fraction of the run)")
+    evals_per_epoch: int | None = Field(None, ge=0, le=1_000_000)
     eval_strategy: Literal["steps", "epoch", "no"] | None = None
     eval_on_start: bool = Field(False, description="ftcore: evaluate before the first step too")
     evaluators: list[str] = Field(default_factory=lambda: ["loss"], description="ftcore: evaluators to run")
@@ -196,6 +222,7 @@ class Recipe(_Strict):
     _key_models: dict = PrivateAttr(default_factory=dict)  # plugin name -> its validated flat-key model
     _plugin_keys: dict = PrivateAttr(default_factory=dict)  # flat plugin key -> plugin name
     _section_owners: dict = PrivateAttr(default_factory=dict)  # section key -> plugin name
+    _env_refs: dict = PrivateAttr(default_factory=dict)  # key path -> "${oc.env:NAME}" as the recipe wrote it
 
     def cross_checks(self) -> list[tuple[str, str]]:
         """Contradictions between keys, as ``(key, message)`` pairs."""
@@ -321,7 +348,29 @@ class Recipe(_Strict):
         for key, section in self._sections.items():
             if section is not None and wanted(self._section_owners.get(key), key in self._sections_set):
                 data[key] = section.model_dump(mode="json", exclude_none=True)
-        return data
+        for path, reference in self._env_refs.items():  # what came from the environment is written as read
+            _set_path(data, path, reference)
+        from ftcore.secrets import redact_obj
+
+        return redact_obj(data)
+
+
+def _set_path(data: dict, path: str, value) -> None:
+    """``data["datasets"][0]["path"] = value`` for ``path`` "datasets[0].path"; absent paths are left alone."""
+    import re
+
+    parts = [int(p) if p.isdigit() else p for p in re.split(r"\.|\[|\]", path) if p != ""]
+    node = data
+    for part in parts[:-1]:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return
+    try:
+        if isinstance(node, dict) or (isinstance(node, list) and isinstance(parts[-1], int) and parts[-1] < len(node)):
+            node[parts[-1]] = value
+    except TypeError:
+        pass
 
 
 CORE_KEYS = tuple(k for k in Recipe.model_fields if k != "compat")

@@ -14,7 +14,7 @@ import re
 
 from pydantic import ValidationError
 
-from ftcore.data.formats import USER_FUNCTION, FormatImportError, resolve_format
+from ftcore.data.formats import USER_FUNCTION, FormatImportError, UserFunctionOptions, resolve_format
 from ftcore.errors import RecipeError
 from ftcore.recipe.axolotl import ADVICE, AXOLOTL_KEYS, HINTS, PLUGIN_FEATURES
 from ftcore.recipe.schema import CORE_KEYS, DATASET_KEYS, DatasetSpec, Recipe
@@ -43,7 +43,34 @@ def _empty(value) -> bool:
     return value is None or value is False or value == "" or value == [] or value == {}
 
 
-def pydantic_problems(exc: ValidationError, prefix="", known=()) -> list[tuple[str, str]]:
+def allowed_range(model, name) -> str | None:
+    """``"0 to 4294967295"``, ``"above 0, at most 10"`` for a field with numeric bounds, else None."""
+    field = getattr(model, "model_fields", {}).get(name) if model is not None else None
+    if field is None:
+        return None
+    low = high = None
+    for m in field.metadata:
+        for attr, kind in (("ge", "low"), ("gt", "low"), ("le", "high"), ("lt", "high")):
+            value = getattr(m, attr, None)
+            if value is not None:
+                if kind == "low":
+                    low = (attr, value)
+                else:
+                    high = (attr, value)
+    if low is None and high is None:
+        return None
+    fmt = lambda v: f"{v:,}" if isinstance(v, int) and abs(v) >= 10_000 else repr(v)  # noqa: E731
+    if low and high and low[0] == "ge" and high[0] == "le":
+        return f"{fmt(low[1])} to {fmt(high[1])}"
+    parts = []
+    if low:
+        parts.append(f"{'at least' if low[0] == 'ge' else 'above'} {fmt(low[1])}")
+    if high:
+        parts.append(f"{'at most' if high[0] == 'le' else 'below'} {fmt(high[1])}")
+    return ", ".join(parts)
+
+
+def pydantic_problems(exc: ValidationError, prefix="", known=(), model=None) -> list[tuple[str, str]]:
     """Readable ``(key_path, message)`` pairs; union alternatives merged per key."""
     grouped: dict[str, list[dict]] = {}
     for err in exc.errors(include_url=False):
@@ -53,7 +80,12 @@ def pydantic_problems(exc: ValidationError, prefix="", known=()) -> list[tuple[s
         kinds = {e["type"] for e in errs}
         first = errs[0]
         got = first.get("input")
-        if "extra_forbidden" in kinds:
+        names = [p for p in first["loc"] if isinstance(p, str) and not _is_tag(p)]
+        span = allowed_range(model, names[0]) if len(names) == 1 and "extra_forbidden" not in kinds else None
+        if span:
+            message = first["msg"] if len(errs) == 1 else "; ".join(dict.fromkeys(e["msg"] for e in errs))
+            problems.append((path, f"{message} (got {got!r}); allowed: {span}"))
+        elif "extra_forbidden" in kinds:
             name = path.rsplit(".", 1)[-1]
             problems.append((path, f"unknown key{did_you_mean(name, known)}"
                                    + (f"; allowed: {', '.join(sorted(known))}" if known and len(known) <= 12 else "")))
@@ -75,8 +107,11 @@ def pydantic_problems(exc: ValidationError, prefix="", known=()) -> list[tuple[s
     return problems
 
 
-def _split_dataset_entry(entry, path, formats, problems, hint=""):
-    """Validate one ``datasets[i]`` entry; return a DatasetSpec or None."""
+def _split_dataset_entry(entry, path, formats, problems, hint="", deferred=None):
+    """Validate one ``datasets[i]`` entry; return a DatasetSpec or None.
+
+    A dotted ``type`` (the user's own function) is not imported here: it goes to ``deferred``, and is
+    imported only once the rest of the recipe is valid (no code runs for a broken recipe)."""
     if not isinstance(entry, dict):
         problems.append((path, f"must be a mapping with at least path and type (got {entry!r})"))
         return None
@@ -85,11 +120,15 @@ def _split_dataset_entry(entry, path, formats, problems, hint=""):
     try:
         spec = DatasetSpec.model_validate(core)
     except ValidationError as exc:
-        problems.extend(pydantic_problems(exc, path, DATASET_KEYS))
+        problems.extend(pydantic_problems(exc, path, DATASET_KEYS, DatasetSpec))
         return None
     if spec.type is None:
         problems.append((f"{path}.type", f"required; registered formats: {', '.join(sorted(formats))}"))
         return None
+    if deferred is not None and spec.type not in formats and "." in spec.type:
+        deferred.append((f"{path}.type", spec.type))
+        spec._options = UserFunctionOptions.model_validate(extra)
+        return spec
     try:
         (_, options_model), plugin = resolve_format(spec.type, formats)
     except KeyError:
@@ -131,7 +170,7 @@ def validate_model(model, value, path, problems, also_known=()):
     try:
         instance = model.model_validate({k: v for k, v in value.items() if k in names})
     except ValidationError as exc:
-        problems.extend(pydantic_problems(exc, path, tuple(names) + tuple(also_known)))
+        problems.extend(pydantic_problems(exc, path, tuple(names) + tuple(also_known), model))
         return None
     return None if unknown else instance
 
@@ -170,7 +209,7 @@ def _validate_plugin_keys(given, key_models, problems, known):
             # rules among the plugin's own keys, reported with everything else even when other keys failed
             problems.extend(getattr(instances[plugin], "cross_checks", list)())
         except ValidationError as exc:
-            problems.extend(pydantic_problems(exc, "", known))
+            problems.extend(pydantic_problems(exc, "", known, model))
             complete = False
             failed = {err["loc"][0] for err in exc.errors() if err["loc"]}
             try:  # the keys that passed, so later checks read something; defaults for the rest
@@ -178,6 +217,50 @@ def _validate_plugin_keys(given, key_models, problems, known):
             except ValidationError:
                 instances[plugin] = model.model_construct()
     return instances, complete
+
+
+# keys whose value names something on the network when it is not a local path (a Hub id, a URL)
+NETWORK_KEYS = re.compile(r"^(base_model|base_model_config|tokenizer_config|hub_model_id|hub_strategy|"
+                          r"(test_)?datasets\[\d+\]\.(path|data_files|name|revision)(\[\d+\])?)$")
+NOT_SENT = "environment values are never sent over the network unless the key takes a secret"
+
+
+def _value_at(data, path: str):
+    node = data
+    for part in [p for p in re.split(r"\.|\[|\]", path) if p != ""]:
+        try:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        except (KeyError, IndexError, TypeError, ValueError):
+            return None
+    return node
+
+
+def _takes_secret(path: str, key_models) -> bool:
+    """A top-level key marked ``Field(json_schema_extra=SECRET)`` in the core schema or a plugin's keys."""
+    if path in key_models:
+        field = key_models[path][0].model_fields.get(path)
+    else:
+        field = Recipe.model_fields.get(path)
+    return bool(field is not None and (field.json_schema_extra or {}).get("secret"))
+
+
+def env_network_problems(raw, key_models) -> list[tuple[str, str]]:
+    """A value built with ``${oc.env:...}`` that would leave the machine (a URL, a Hub id): refused."""
+    from pathlib import Path
+
+    problems = []
+    for path, original in (getattr(raw, "env", None) or {}).items():
+        value = _value_at(raw.data, path)
+        if not isinstance(value, str) or _takes_secret(path, key_models):
+            continue
+        if "://" in value:
+            problems.append((path, f"'{original}' makes a URL from an environment variable: {NOT_SENT} "
+                                   f"(write the URL without ${{oc.env:...}}, or download the file and name its path)"))
+        elif NETWORK_KEYS.match(path) and not value.startswith(("/", ".", "~")) \
+                and not Path(value).expanduser().exists():
+            problems.append((path, f"'{original}' is not an existing local path, so it would be looked up on the "
+                                   f"Hugging Face Hub: {NOT_SENT}"))
+    return problems
 
 
 def validate(raw, plugins) -> Recipe:
@@ -192,6 +275,7 @@ def validate(raw, plugins) -> Recipe:
     known = CORE_KEYS + tuple(key_models) + tuple(sections)
     hint = _plugin_hint(plugins)
 
+    problems.extend(env_network_problems(raw, key_models))
     section_raw, compat, flat = {}, {}, {}
     for key in list(data):
         if key in sections:
@@ -215,8 +299,11 @@ def validate(raw, plugins) -> Recipe:
     data = {k: v for k, v in data.items() if v is not None}
     flat = {k: v for k, v in flat.items() if v is not None}
     section_raw = {k: v for k, v in section_raw.items() if v is not None and v != ""}
+    if "output_dir" not in data and getattr(raw, "path", None) is not None:
+        data["output_dir"] = f"./outputs/{raw.path.stem}"  # not ./outputs: the parent of other recipes' runs
 
     dataset_problems = False
+    deferred: list[tuple[str, str]] = []  # (key, dotted type): imported only when nothing else is wrong
     for list_key in ("datasets", "test_datasets"):
         entries = data.pop(list_key, None)
         if entries is None:
@@ -227,7 +314,8 @@ def validate(raw, plugins) -> Recipe:
             problems.append((list_key, f"must be a list of dataset entries (got {entries!r})"))
             dataset_problems = True
             continue
-        specs = [_split_dataset_entry(e, f"{list_key}[{i}]", formats, problems, hint) for i, e in enumerate(entries)]
+        specs = [_split_dataset_entry(e, f"{list_key}[{i}]", formats, problems, hint, deferred)
+                 for i, e in enumerate(entries)]
         if None not in specs:
             data[list_key] = specs  # validated instances pass through pydantic unchanged
         else:
@@ -237,7 +325,7 @@ def validate(raw, plugins) -> Recipe:
     try:
         recipe = Recipe.model_validate({**data, "compat": compat})
     except ValidationError as exc:
-        problems.extend(pydantic_problems(exc, "", known))
+        problems.extend(pydantic_problems(exc, "", known, Recipe))
         recipe = _without_failed_keys(data, compat, exc)
         complete = False
 
@@ -281,8 +369,19 @@ def validate(raw, plugins) -> Recipe:
             if name not in names:
                 problems.append(("evaluators", f"unknown evaluator '{name}'{did_you_mean(name, names)}; "
                                                f"registered: {', '.join(names)}{hint}"))
+        if not problems:
+            for key, type_name in deferred:
+                try:
+                    from ftcore.plugins_manager import named_module_path
+
+                    with named_module_path():  # named by the recipe: found in the current folder too
+                        resolve_format(type_name, formats)
+                except FormatImportError as exc:
+                    problems.append((key, f"{exc}"))
+                    complete = False
         if complete:  # plugins' rules would misfire on a recipe missing its invalid keys
             plugins.call_all("validate_recipe", recipe=recipe, error=lambda k, m: problems.append((k, m)))
     if problems:
         raise RecipeError(problems, source=raw.source)
+    recipe._env_refs.update(getattr(raw, "env", None) or {})
     return recipe
