@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftcore import hooks
-from ftcore.artifacts import (Manifest, check_output_dir, clear_output_dir, metrics_callback, plot_loss,
-                              read_metrics, summarize, write_recipe, write_samples)
+from ftcore import checkpoints, guards, hooks
+from ftcore.artifacts import (Manifest, check_output_dir, clear_output_dir, lock_output_dir, metrics_callback,
+                              plot_loss, preflight, read_metrics, record_files, summarize, write_recipe,
+                              write_samples)
 from ftcore.data import pack as packing
 from ftcore.data.cache import load_or_prepare
 from ftcore.console import data_summary, final_summary, plan, quiet_trainer, run_console, watch_evaluators
@@ -50,6 +51,9 @@ def run(recipe, plugins, overwrite: bool = False) -> RunResult:
 def _run(recipe, plugins, overwrite) -> RunResult:
     output_dir = Path(recipe.output_dir)
     check_output_dir(output_dir, overwrite, resume=recipe.resume_from_checkpoint)
+    preflight(output_dir, recipe, overwrite)  # writable, room for the checkpoints (the CLI checked it already)
+    held = lock_output_dir(output_dir)  # one run per folder, for API callers too (re-entrant under the CLI)
+    held.__enter__()
     stash = Stash()
     plugins.answered.clear()  # which plugins this run used (recipe.yaml keeps their keys)
     status, error = "failed", None
@@ -58,14 +62,17 @@ def _run(recipe, plugins, overwrite) -> RunResult:
         result = _train(recipe, plugins, stash, output_dir, overwrite)
         status = "completed"
         return result
-    except (KeyboardInterrupt, Interrupted) as exc:
+    except (KeyboardInterrupt, Interrupted, guards.Stopped) as exc:
         status, error = "interrupted", exc
         raise
     except BaseException as exc:
         error = exc
         raise
     finally:
-        hooks.run_finished(plugins, recipe, stash, status, error)
+        try:
+            hooks.run_finished(plugins, recipe, stash, status, error)
+        finally:
+            held.__exit__(None, None, None)
 
 
 def _train(recipe, plugins, stash, output_dir, overwrite) -> RunResult:
@@ -107,28 +114,63 @@ def _train(recipe, plugins, stash, output_dir, overwrite) -> RunResult:
                                   collator, callbacks, watch_evaluators(evaluators, shown), loss, stash)
     quiet_trainer(trainer)  # transformers' tqdm bar and printed dicts: the console shows the run instead
 
+    trainer.used_plugins = plugins.answered  # each checkpoint keeps the recipe (checked on resume)
+    resume = checkpoints.resolve(recipe, output_dir)  # --resume (auto), true, a folder; None: from step 0
+    if resume:
+        checkpoints.check_same_recipe(recipe, resume, plugins.answered)
+        checkpoints.check_no_pickle(resume, recipe.allow_pickle)
     manifest = None
     if main_process:  # one writer; the other ranks write only their shards of a checkpoint
-        clear_output_dir(output_dir, overwrite, resume=bool(recipe.resume_from_checkpoint))
+        for changed in checkpoints.data_changes(output_dir, data.sources):  # a rerun or a resume on edited data
+            log.warning(f"notice: {changed} changed since the last run in {output_dir} (its sha256 differs)")
+        clear_output_dir(output_dir, overwrite, resume=bool(resume))
+        checkpoints.remove_partial(output_dir)
+        if resume:
+            checkpoints.trim_metrics(output_dir, checkpoints.step_of(resume))
         write_recipe(recipe, output_dir, used_plugins=plugins.answered)
         manifest = Manifest(output_dir, recipe, plugins, data, hardware,
-                            {"precision": dtype, "world_size": world_size})
+                            {"precision": dtype, "world_size": world_size,
+                             **({"resumed_from": Path(resume).name} if resume else {})})
+    if resume:
+        step = checkpoints.step_of(resume)
+        log.info(f"resuming from {Path(resume).name} (step {step} of {arguments.max_steps if arguments.max_steps > 0 else 'the run'})")
 
     status, metrics = "failed", {}
-    try:
-        trainer.train(resume_from_checkpoint=recipe.resume_from_checkpoint or None)  # evaluates at its last step
-        if data.eval and not _evaluated_last_step(trainer):  # training stopped early (a plugin's callback)
-            trainer.evaluate()
-        status = "completed"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise Interrupted(f"interrupted; the model as trained so far is saved in {output_dir}") from None
-    finally:
+    with guards.signals() as stop:  # Ctrl-C, SIGTERM: finish the step, save a checkpoint, stop
+        trainer.add_callback(guards.callback(stop))
+        try:
+            trainer.train(resume_from_checkpoint=resume)  # evaluates at its last step
+            if stop.signal is not None:
+                status = "interrupted"
+                raise guards.stopped(stop, output_dir, trainer.state.global_step)
+            if data.eval and not _evaluated_last_step(trainer):  # training stopped early (a plugin's callback)
+                trainer.evaluate()
+            status = "completed"
+        except Exception as exc:  # a full disk or a read-only folder during a checkpoint save: one clear line
+            if guards.is_disk_fault(exc):
+                raise guards.save_failed(exc, output_dir) from exc
+            raise
+        except KeyboardInterrupt:  # a second Ctrl-C: stop at once; the last complete checkpoint stays
+            status = "stopped"
+            raise Interrupted(f"stopped at once; the last complete checkpoint in {output_dir} is kept. "
+                              f"Resume with: {guards.resume_command()}") from None
+        finally:
+            _finish(trainer, plugins, recipe, tokenizer, output_dir, stash, manifest, status)
+    metrics = manifest.metrics if manifest is not None else {}
+    _report_result(output_dir, metrics)
+    return RunResult(output_dir, metrics, trainer.model, tokenizer, stash)
+
+
+def _finish(trainer, plugins, recipe, tokenizer, output_dir, stash, manifest, status):
+    """Save the model (not after a failure or a second Ctrl-C), then run.json, loss.png, samples, the report."""
+    if True:  # noqa: SIM108 - one block, as it ran inside the training's finally
         main_process = trainer.is_world_process_zero()
         files = []
+        save = status in ("completed", "interrupted")  # "stopped": a second Ctrl-C, nothing more is written
+        status = "interrupted" if status == "stopped" else status
         try:
-            if status != "failed":
-                trainer.save_model(str(output_dir))  # every rank: ZeRO-3/FSDP gather here; rank 0 writes
+            if save:
+                _save_final(trainer, output_dir, main_process)  # every rank: ZeRO-3/FSDP gather here
                 if main_process:
                     files = hooks.save_artifacts(plugins, recipe, trainer.model, tokenizer, output_dir, stash)
         except BaseException:
@@ -139,11 +181,31 @@ def _train(recipe, plugins, stash, output_dir, overwrite) -> RunResult:
                 records = read_metrics(output_dir)
                 files.append(plot_loss(output_dir, records) or "")
                 files.append(write_samples(output_dir, stash.get(EVAL_SAMPLES)) or "")
-                metrics = summarize(records)
-                manifest.finish(status, metrics, [f for f in files if f])
+                manifest.metrics = summarize(records)
+                manifest.finish(status, manifest.metrics, [f for f in files if f])
                 write_pages(output_dir)  # report.html and the model card README.md (replacing peft's); never fails the run
-    _report_result(output_dir, metrics)
-    return RunResult(output_dir, metrics, trainer.model, tokenizer, stash)
+                record_files(output_dir)  # the folder's contents are ftcore's: what --overwrite may delete
+
+
+def _save_final(trainer, output_dir: Path, main_process: bool) -> None:
+    """The final model, written beside and moved in: never a half-written weights file under its final name."""
+    import os
+    import shutil
+
+    partial = output_dir / ".partial-final"
+    if main_process and partial.exists():
+        shutil.rmtree(partial)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(partial))
+    trainer.accelerator.wait_for_everyone()
+    if main_process:
+        for item in sorted(partial.iterdir()):
+            target = output_dir / item.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(item, target)
+        partial.rmdir()
+    trainer.accelerator.wait_for_everyone()
 
 
 class Interrupted(FtcoreError):

@@ -214,6 +214,42 @@ def _trainer_class():
             self.training_loss = loss
             self.stash = stash
 
+        def _save_checkpoint(self, model, trial):
+            # written under a partial name, renamed once complete (core/checkpoints.py)
+            import os
+
+            import transformers.trainer as trainer_module
+
+            from ftcore.checkpoints import PARTIAL_PREFIX, write_recipe_into
+
+            step = self.state.global_step
+            run_dir = self._get_output_dir(trial=trial)
+            partial = os.path.join(run_dir, f"{PARTIAL_PREFIX}-{step}")
+            final = os.path.join(run_dir, f"checkpoint-{step}")
+            saved_prefix = trainer_module.PREFIX_CHECKPOINT_DIR
+            trainer_module.PREFIX_CHECKPOINT_DIR = PARTIAL_PREFIX  # where Trainer writes this one
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                trainer_module.PREFIX_CHECKPOINT_DIR = saved_prefix
+            if self.args.should_save and self.recipe is not None:
+                write_recipe_into(partial, self.recipe, getattr(self, "used_plugins", None))
+            self.accelerator.wait_for_everyone()  # every process wrote its part
+            if self.args.should_save:
+                if os.path.isdir(final):  # the same step saved again (a resumed run): replace it
+                    import shutil
+
+                    shutil.rmtree(final)
+                os.rename(partial, final)
+                trainer_module.rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                                                  best_model_checkpoint=self.state.best_model_checkpoint,
+                                                  use_mtime=True)
+            self.accelerator.wait_for_everyone()
+
+        def _save(self, output_dir=None, state_dict=None):
+            super()._save(output_dir, state_dict)
+            _redact_training_args(self.args, output_dir or self.args.output_dir)
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if self.training_loss is None:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -240,6 +276,26 @@ def _trainer_class():
             return metrics
 
     return FtcoreTrainer
+
+
+def _redact_training_args(args, folder) -> None:
+    """``training_args.bin`` (a pickle of the arguments) again, without secrets read from the environment
+    (``run_name`` and ``output_dir`` may hold one): written only when there is one to hide."""
+    import copy
+    import dataclasses
+    import os
+
+    import torch
+
+    from ftcore.secrets import contains_secret, redact
+
+    fields = [f.name for f in dataclasses.fields(args) if isinstance(getattr(args, f.name, None), str)]
+    if not any(contains_secret(getattr(args, name)) for name in fields):
+        return
+    hidden = copy.copy(args)
+    for name in fields:
+        object.__setattr__(hidden, name, redact(getattr(args, name)))
+    torch.save(hidden, os.path.join(str(folder), "training_args.bin"))
 
 
 _TRAINER = None

@@ -36,17 +36,24 @@ def handle(args) -> int:
     problems = path_problems(recipe)
     if problems:
         raise RecipeError(problems, source=raw.source)
+    from ftcore.artifacts import preflight
+
+    preflight(Path(recipe.output_dir), recipe, args.overwrite)  # writable, room for the checkpoints: before anything loads
     from ftcore import launch
+    from ftcore.artifacts import lock_for_processes, lock_output_dir
     from ftcore.hooks import launch_processes
 
     plan = launch.Plan(args.nproc, args.nnodes, args.node_rank, args.master_addr, args.master_port)
     launch.check(plan)
-    if not launch.launched():  # a process a launcher started trains at once; its messages: rank 0 only (ftcore.log)
-        print_notes(recipe, skipped)
-        code = launch_processes(args.plugins, recipe, plan, launch.child_command(args))  # a plugin's launcher
-        if code is not None:
-            return code
-    from ftcore.run import run  # torch and transformers load from here on
+    output_dir = Path(recipe.output_dir)
+    with lock_output_dir(output_dir):  # one run per folder, before anything loads; held until the run ends
+        if not launch.launched():  # a process a launcher started trains at once; its messages: rank 0 only (ftcore.log)
+            print_notes(recipe, skipped)
+            with lock_for_processes(output_dir):  # the processes it starts know this one holds the lock
+                code = launch_processes(args.plugins, recipe, plan, launch.child_command(args))  # a plugin's launcher
+            if code is not None:
+                return code
+        from ftcore.run import run  # torch and transformers load from here on
 
-    run(recipe, args.plugins, overwrite=args.overwrite)
+        run(recipe, args.plugins, overwrite=args.overwrite)
     return 0

@@ -157,9 +157,27 @@ def fsdp_config(recipe) -> dict:
     return config
 
 
+INSTALL = {"deepspeed": "pip install 'ftcore[deepspeed]'", "accelerate": "pip install accelerate"}
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported, found without importing it (``ftcore validate`` stays light)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _problems(recipe) -> list[tuple[str, str]]:
     """Combinations that cannot work, found before anything loads."""
     problems = []
+    if (recipe.deepspeed or recipe.launcher == "deepspeed") and not _installed("deepspeed"):
+        key = "deepspeed" if recipe.deepspeed else "launcher"
+        return [(key, f"DeepSpeed is not installed; {INSTALL['deepspeed']}")]
+    if recipe.launcher == "accelerate" and not _installed("accelerate"):
+        return [("launcher", f"accelerate is not installed; {INSTALL['accelerate']}")]
     if recipe.deepspeed and (recipe.fsdp or recipe.fsdp_config):
         return [("fsdp", "deepspeed and fsdp are both set; choose one engine")]
     if recipe.fsdp_config and not recipe.fsdp:
