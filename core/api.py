@@ -63,7 +63,7 @@ from ftcore.errors import DataError, FtcoreError, MissingPluginError, PluginErro
 from ftcore.evaluation import PHASES, EvalContext, run_evaluators
 from ftcore.launch import Plan
 from ftcore.log import get_logger
-from ftcore.loading import finish_tokenizer, from_pretrained, transformers_class
+from ftcore.loading import check_source, check_weights, finish_tokenizer, from_pretrained, transformers_class
 from ftcore.recipe.schema import PATH, DatasetSpec, Recipe, RecipeKeys
 from ftcore.stash import (ADAPTER_SCOPE, ADAPTER_TARGETS, EVAL_SAMPLES, FROZEN_MODULES, NEW_TOKEN_IDS, NEW_TOKENS,
                           PROCESSOR, Stash, StashKey)
@@ -72,7 +72,7 @@ from ftcore.trained import Trained, load_trained
 
 __all__ = [  # FtcoreTrainer is loaded on first use (__getattr__ below)
     "__version__", "ADAPTER_SCOPE", "ADAPTER_TARGETS", "ALPACA_PREAMBLE", "ALPACA_PREAMBLE_WITH_INPUT",
-    "CHAT_TEMPLATES", "ChatOptions", "chunk_documents", "ContentPart", "ContentRow", "CONTRACT_VERSION",
+    "CHAT_TEMPLATES", "ChatOptions", "check_source", "check_weights", "chunk_documents", "ContentPart", "ContentRow", "CONTRACT_VERSION",
     "conversation_segments", "DataError", "DatasetSpec", "document_segments", "EVAL_SAMPLES", "EvalContext", "finish_tokenizer",
     "format_chat", "FormatContext", "from_pretrained", "FROZEN_MODULES", "FtcoreError", "FtcoreTrainer",
     "get_logger", "glob_match", "has_glob", "hookimpl", "IGNORE_INDEX", "MissingPluginError", "NEW_TOKEN_IDS",

@@ -9,7 +9,7 @@ lacked are recorded as ``stash[NEW_TOKENS]`` (``finish_tokenizer``); the
 ``embeddings`` plugin resizes the embeddings for them.
 """
 
-from ftcore.api import (FtcoreError, PackedCollator, PaddingCollator, finish_tokenizer,
+from ftcore.api import (FtcoreError, PackedCollator, PaddingCollator, check_source, finish_tokenizer,
                         from_pretrained, hookimpl, packs, trainer_kwargs, transformers_class)
 
 FTCORE_CONTRACT = "1"
@@ -21,11 +21,13 @@ def load_tokenizer(recipe, stash):
 
     cls = transformers_class(recipe.tokenizer_type, AutoTokenizer, "tokenizer_type")
     source = recipe.tokenizer_config or recipe.base_model
+    key = "tokenizer_config" if recipe.tokenizer_config else "base_model"
+    # the first thing a run loads: offline Hub ids, custom code and broken configs are refused here
+    check_source(key, source, weights=False, trust_remote_code=bool(recipe.trust_remote_code))
     try:
-        tokenizer = cls.from_pretrained(source, trust_remote_code=recipe.trust_remote_code,
+        tokenizer = cls.from_pretrained(source, trust_remote_code=bool(recipe.trust_remote_code),
                                         revision=recipe.revision_of_model)
-    except OSError as exc:
-        key = "tokenizer_config" if recipe.tokenizer_config else "base_model"
+    except (OSError, ValueError, TypeError) as exc:
         raise FtcoreError(f"{key}: cannot load a tokenizer from '{source}': {exc}") from exc
     return finish_tokenizer(recipe, tokenizer, stash)
 

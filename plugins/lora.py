@@ -24,7 +24,8 @@ from pathlib import Path
 
 from pydantic import Field
 
-from ftcore.api import (ADAPTER_SCOPE, ADAPTER_TARGETS, NEW_TOKEN_IDS, PATH, FtcoreError, MissingPluginError,
+from ftcore.api import (ADAPTER_SCOPE, ADAPTER_TARGETS, NEW_TOKEN_IDS, PATH, FtcoreError, check_source,
+                        check_weights, MissingPluginError,
                         RecipeKeys, get_logger, hookimpl, transformers_class)
 
 FTCORE_CONTRACT = "1"
@@ -174,6 +175,9 @@ def wrap(recipe, model, stash):
     from peft import PeftModel, get_peft_model
 
     if recipe.lora_model_dir:
+        if Path(recipe.lora_model_dir).is_dir():
+            check_weights("lora_model_dir", recipe.lora_model_dir, bool(getattr(recipe, "allow_pickle", False)),
+                          adapter=True)
         try:
             peft_model = PeftModel.from_pretrained(model, recipe.lora_model_dir, is_trainable=True)
         except (OSError, ValueError) as exc:
@@ -203,6 +207,7 @@ def load_trained_weights(recipe, model, run_dir):
     if not (run_dir / ADAPTER_CONFIG).is_file() or not any(run_dir.glob("adapter_model.*")):
         raise FtcoreError(f"{run_dir} has no trained adapter ({ADAPTER_CONFIG} and adapter_model.safetensors): "
                           f"the run (adapter: {recipe.adapter}) saved none there, or the files were removed")
+    check_weights(str(run_dir), run_dir, bool(getattr(recipe, "allow_pickle", False)), adapter=True)
     try:
         return PeftModel.from_pretrained(model, str(run_dir))
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
@@ -377,6 +382,7 @@ def merge_command(args) -> int:
         base = str(recipe["base_model"])
         model_class = recipe.get("model_type")
         trust = bool(recipe.get("trust_remote_code"))
+        allow_pickle = bool(recipe.get("allow_pickle"))
         revision = recipe.get("revision_of_model")
         out = Path(args.out) if args.out else adapter_dir / "merged"
         sources = [adapter_dir.resolve()]
@@ -390,7 +396,7 @@ def merge_command(args) -> int:
         base = args.base or config.get("base_model_name_or_path")
         if not base:
             raise FtcoreError(f"{adapter_dir / ADAPTER_CONFIG} names no base_model_name_or_path; give --base MODEL")
-        model_class, trust, revision = None, False, None
+        model_class, trust, revision, allow_pickle = None, False, None, False
         out = Path(args.out)
         sources = [adapter_dir.resolve()]
         tokenizer_sources = [str(adapter_dir), base]
@@ -408,6 +414,8 @@ def merge_command(args) -> int:
     note = f" (the run trained on a {'/'.join(quantized)} copy of it; merging into the original weights)" \
         if quantized else ""
     print(f"merge: base {base} in {name} on {device}{note}", flush=True)
+    check_weights(str(adapter_dir), adapter_dir, allow_pickle, adapter=True)
+    check_source("base_model", base, trust_remote_code=trust, allow_pickle=allow_pickle, revision=revision)
     model = _merge_load_base(base, model_class, dtype, device, trust, revision)
 
     tokenizer, tokenizer_source = _merge_load_tokenizer(tokenizer_sources, trust)

@@ -263,7 +263,7 @@ def load_or_prepare(recipe, tokenizer, formats, chat_template=None, limit=None, 
     corrupt = False
     if folder.exists():
         try:
-            tokenized = read_entry(folder, key)
+            tokenized = read_entry(folder, key, vocab=len(tokenizer))
         except CorruptCache as exc:
             corrupt = True
             log.warning(f"notice: the data cache {folder} cannot be read ({exc}); preparing the data again")
@@ -321,12 +321,16 @@ def write_entry(folder: Path, key: str, parts: dict, tokenized: Tokenized, repla
             "built_from": parts,
         }
         root.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned(root, folder.name)
         tmp = root / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         np.savez(tmp / "examples.npz", **arrays)
         extras = [extras_of(e) or None for e in tokenized.train + tokenized.test]
         if any(e is not None for e in extras):
             (tmp / "extras.json").write_text(json.dumps(extras, allow_nan=False), encoding="utf-8")
+        from ftcore.secrets import redact_obj
+
+        meta = redact_obj(json.loads(json.dumps(meta, default=str)))  # no secret read from the environment
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str) + "\n", encoding="utf-8")
         if replace and folder.exists():  # a rename cannot replace a folder: move the broken one aside
             old = root / f".{folder.name}.old-{os.getpid()}"
@@ -344,6 +348,18 @@ def write_entry(folder: Path, key: str, parts: dict, tokenized: Tokenized, repla
     finally:
         if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_abandoned(root: Path, name: str) -> None:
+    """Temporary folders of writers that died (killed mid-write): their process is gone."""
+    for tmp in root.glob(f".{name}.tmp-*"):
+        try:
+            pid = int(tmp.name.split(".tmp-", 1)[1].split("-")[0])
+            os.kill(pid, 0)  # raises when no such process
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError):
+            continue
 
 
 def _arrays(tokenized: Tokenized) -> tuple[dict, list]:
@@ -365,8 +381,8 @@ def _arrays(tokenized: Tokenized) -> tuple[dict, list]:
     }, files
 
 
-def read_entry(folder: Path, key: str) -> Tokenized:
-    """The cached examples; ``CorruptCache`` when anything about them is off."""
+def read_entry(folder: Path, key: str, vocab: int | None = None) -> Tokenized:
+    """The cached examples; ``CorruptCache`` when anything about them is off (``vocab``: every id must be below it)."""
     import zipfile
 
     import numpy as np
@@ -384,6 +400,9 @@ def read_entry(folder: Path, key: str) -> Tokenized:
                 or len(arrays["labels"]) != len(arrays["input_ids"]) or (n and (np.diff(offsets) <= 0).any())
                 or len(arrays["origin_file"]) != n or len(arrays["origin_row"]) != n):
             raise CorruptCache("its arrays do not fit together")
+        if vocab is not None and len(arrays["input_ids"]) and (
+                int(arrays["input_ids"].max()) >= vocab or int(arrays["input_ids"].min()) < 0):
+            raise CorruptCache(f"it holds token ids outside the tokenizer's vocabulary of {vocab}")
         files = meta["files"]
         with _gc_paused():  # ~10x faster: the collector would rescan the growing heap as the lists appear
             ids, labels, bounds = arrays["input_ids"].tolist(), arrays["labels"].tolist(), offsets.tolist()
@@ -400,7 +419,7 @@ def read_entry(folder: Path, key: str) -> Tokenized:
         return Tokenized(examples[:n_train], examples[n_train:], origins, sources, meta["counts"])
     except CorruptCache:
         raise
-    except (OSError, ValueError, KeyError, IndexError, TypeError, zipfile.BadZipFile) as exc:
+    except (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, zipfile.BadZipFile) as exc:
         raise CorruptCache(f"{type(exc).__name__}: {exc}") from exc
 
 

@@ -185,9 +185,9 @@ def _blamed_parts(parts, plugins) -> dict:
     return out
 
 
-def _examples(specs, recipe, ctx, formats, counts, sources, origins, limit=None, plugins=None):
+def _examples(specs, recipe, ctx, formats, counts, sources, origins, limit=None, plugins=None, key="datasets"):
     out = []
-    for spec in specs:
+    for index, spec in enumerate(specs):
         (raw, _options), plugin = resolve_format(spec.type, formats)
         user = plugin == USER_FUNCTION  # type: module.function
         function = _blamed(raw, plugin, "" if user else f"its dataset format '{spec.type}'", plugins, spec.type)
@@ -196,7 +196,7 @@ def _examples(specs, recipe, ctx, formats, counts, sources, origins, limit=None,
             step = f"its combine step (for {spec.path})"
             combine = _blamed(combine, plugin, step if user else f"{step} of dataset format '{spec.type}'", plugins,
                               spec.type)
-        read = read_rows(spec, limit=limit)
+        read = read_rows(spec, limit=limit, key=f"{key}[{index}].path")
         sources.extend(read.sources)
         results = _formatted(read.rows, spec, function, ctx, recipe.dataset_processes or 1)
         try:
@@ -358,7 +358,8 @@ def tokenize_datasets(recipe, tokenizer, formats, chat_template=None, limit=None
     counts = {"train": train_counts.as_dict()}
     test = []
     if recipe.test_datasets:
-        test = _examples(recipe.test_datasets, recipe, ctx, formats, test_counts, sources, origins, limit, plugins)
+        test = _examples(recipe.test_datasets, recipe, ctx, formats, test_counts, sources, origins, limit, plugins,
+                         key="test_datasets")
         if not test:
             raise DataError(f"test_datasets gave no examples: dropped {dict(test_counts.dropped)}")
         counts["test"] = test_counts.as_dict()

@@ -12,6 +12,9 @@ import csv
 import hashlib
 import io
 import json
+import os
+import stat
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +57,9 @@ def _files(spec, base: Path) -> list[Path]:
         for name in names:
             matches = sorted(root.glob(name)) if any(c in name for c in "*?[") else [root / name]
             files.extend(matches)
+        for f in files:
+            if os.path.lexists(f) and not f.is_file():
+                check_regular_file(f)  # a folder, a FIFO, a symlink loop: said as such
         missing = [f for f in files if not f.is_file()]
         if missing or not files:
             raise DataError(f"{spec.path}: data_files {names} matched no file ({', '.join(map(str, missing)) or 'no match'})")
@@ -74,6 +80,31 @@ def _kind(path: Path, spec) -> str:
         raise DataError(f"{path}: cannot tell the file format from '{path.suffix}'; "
                         f"use .json, .jsonl, .csv, .parquet or .arrow, or set ds_type")
     return kind
+
+
+def check_regular_file(path: Path) -> None:
+    """DataError unless ``path`` is a regular file: a folder, a FIFO, a device or a symlink loop is never opened
+    (opening a FIFO would wait forever)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        import errno
+
+        if exc.errno == errno.ELOOP:
+            raise DataError(f"{path}: a symbolic link that loops (it points back to itself); point it at a data "
+                            f"file") from None
+        if os.path.islink(path):
+            raise DataError(f"{path}: a broken symbolic link (its target does not exist)") from None
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(mode):
+        raise DataError(f"{path}: is a folder, where a data file was expected; name a file (.jsonl, .json, .csv, "
+                        f".parquet, .arrow), or give the folder as path without data_files")
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else \
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file"
+        raise DataError(f"{path}: not a regular file ({kind}); ftcore reads data only from regular files")
+    if not os.access(path, os.R_OK):
+        raise DataError(f"{path}: not readable (permission denied)")
 
 
 def file_sha256(path: Path) -> str:
@@ -109,6 +140,9 @@ def _read_jsonl(path: Path):
             except json.JSONDecodeError as exc:
                 yield number, RowProblem(f"malformed JSON: {exc.msg} at column {exc.colno}", "malformed JSON")
                 continue
+            except RecursionError:
+                yield number, RowProblem("JSON nested too deeply to read", "JSON nested too deeply")
+                continue
             if not isinstance(row, dict):
                 yield number, RowProblem(f"expected a JSON object, got {type(row).__name__}", "not an object")
                 continue
@@ -124,10 +158,14 @@ def _read_json(path: Path):
             yield from _read_jsonl(path)
             return
         raise DataError(f"{path}: malformed JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from exc
+    except RecursionError:
+        raise DataError(f"{path}: line 1: JSON nested too deeply to read; rows are JSON objects of text fields, "
+                        f"a list of them, or JSON lines") from None
     if isinstance(data, dict):
         data = [data]  # one JSON object: one row
     if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON object, a list of them, or JSON lines")
+        raise DataError(f"{path}: expected a JSON object, a list of them, or JSON lines; got a JSON "
+                        f"{type(data).__name__}")
     for number, row in enumerate(data, start=1):
         if not isinstance(row, dict):
             yield number, RowProblem(f"expected a JSON object, got {type(row).__name__}", "not an object")
@@ -137,8 +175,15 @@ def _read_json(path: Path):
 
 def _read_csv(path: Path):
     """Every cell is text ("007" stays "007", "NA" stays "NA"); an empty cell is missing."""
+    csv.field_size_limit(sys.maxsize if sys.maxsize < 2**63 else 2**63 - 1)  # a huge cell: the length rule decides
     reader = csv.DictReader(io.StringIO(_text(path), newline=""))
-    for row in reader:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DataError(f"{path}: line {reader.line_num}: not valid CSV ({exc})") from None
         yield reader.line_num, {k: (v if v != "" else None) for k, v in row.items() if k is not None}
 
 
@@ -233,6 +278,8 @@ def local_files(spec) -> list[Path] | None:
         root = source_root(spec)
         pattern = Path(spec.path).expanduser().relative_to(root).as_posix() if root != Path(".") else spec.path
         return _source_files(spec, root, sorted(root.glob(pattern)))
+    if os.path.lexists(base) and not base.exists():
+        check_regular_file(base)  # a symlink loop or a broken link: said as such
     if not base.exists():
         if spec.path.startswith((".", "/", "~")) or Path(spec.path).suffix in LOCAL_SUFFIXES:
             raise DataError(f"{spec.path}: no such file or folder")
@@ -240,15 +287,18 @@ def local_files(spec) -> list[Path] | None:
     return _files(spec, base)
 
 
-def read_rows(spec, limit: int | None = None) -> ReadResult:
-    """Rows of one dataset entry, each as ``((file, row_number), row)``."""
+def read_rows(spec, limit: int | None = None, key: str = "datasets[?].path") -> ReadResult:
+    """Rows of one dataset entry, each as ``((file, row_number), row)``; ``key`` names the entry's ``path``
+    in the recipe (for the one line said when a Hub dataset cannot be reached)."""
     files = local_files(spec)
     if files is None:
+        require_hub_dataset(spec, key)
         return _read_hub(spec, limit)
     result = ReadResult()
     source = reads_source_files(spec) and not spec.ds_type
     whole_folder = source and Path(spec.path).expanduser().is_dir() and not spec.data_files
     for path in files:
+        check_regular_file(path)
         if source and (whole_folder or path.suffix not in LOCAL_SUFFIXES):
             rows = _source_row(path, source_root(spec))
         else:
@@ -259,6 +309,9 @@ def read_rows(spec, limit: int | None = None) -> ReadResult:
             source_info.rows += 1
             if limit and len(result.rows) >= limit:
                 break
+        if not source_info.rows and not source:
+            raise DataError(f"{path}: holds no rows (the file is empty or only whitespace); a data file needs at "
+                            f"least one row, or leave it out of the recipe")
         result.sources.append(source_info)
         if limit and len(result.rows) >= limit:
             break
@@ -272,6 +325,13 @@ def _rows_of(path: Path, spec):
     if kind in ("parquet", "arrow"):
         return _read_arrow(path, kind)
     return {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "text": _read_text}[kind](path)
+
+
+def require_hub_dataset(spec, key: str) -> None:
+    """A dataset path that is not local needs the Hub: one line at once when it is offline (not datasets' retries)."""
+    from ftcore.hub import require_hub
+
+    require_hub(key, spec.path, "a Hugging Face Hub dataset", kind="dataset")
 
 
 def _read_hub(spec, limit):
