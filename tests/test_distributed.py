@@ -227,8 +227,10 @@ def test_resume_from_a_zero3_checkpoint_with_two_processes_continues_identically
                                   f"resume_from_checkpoint={out / 'checkpoint-2'}", "--nproc=2"))
     assert result.returncode == 0, result.stderr[-4000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    end_of_first = next(i for i, r in enumerate(records) if "train_runtime" in r)
-    continued = {r["step"]: r["loss"] for r in records[end_of_first + 1:] if "loss" in r}
+    steps = [r["step"] for r in records if "loss" in r]
+    assert steps == sorted(set(steps))  # the resume dropped the first run's records after step 2: none twice
+    assert json.loads((out / "run.json").read_text())["resumed_from"] == "checkpoint-2"
+    continued = {r["step"]: r["loss"] for r in records if "loss" in r and r["step"] > 2}
     assert sorted(continued) == [3, 4]  # steps 1-2 came from the checkpoint
     for step in continued:
         assert continued[step] == pytest.approx(first[step], rel=1e-4)
