@@ -227,6 +227,9 @@ def test_missing_path_without_extension(tiny_llama, tmp_path, capsys, monkeypatc
 # Cases found still failing when this work stopped (issue 13, "data" item 1): strict xfail, so a fix shows
 # up as XPASS and the entry must then be removed from this list.
 KNOWN_GAPS = {
+    "test_run_names_file_and_row[all_too_long.jsonl]",
+    "test_run_names_file_and_row[wrong_columns.parquet]",
+    "test_run_names_file_and_row[unknown_role.jsonl]",
     "test_preprocess_names_file_and_row[empty.json]",
     "test_preprocess_names_file_and_row[all_too_long.jsonl]",
     "test_preprocess_names_file_and_row[wrong_columns.parquet]",

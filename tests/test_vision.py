@@ -226,6 +226,7 @@ def test_a_hub_data_set_with_an_image_column_keeps_row_references_not_images(vis
         "images": datasets.Sequence(datasets.Image())}))
     loads = []
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: loads.append((a, k)) or table)
+    monkeypatch.setattr("ftcore.hub.cached", lambda *a, **k: True)  # as if downloaded: offline is no obstacle
     vision._hub_dataset.cache_clear()
     recipe = make_recipe(datasets=[{"path": "someone/llava-like", "type": "chat_template"}])
     data = prepare_datasets(recipe, vision_tokenizer, FORMATS, set_chat_template(recipe, vision_tokenizer, TEMPLATES),
