@@ -51,7 +51,10 @@ class Stopped(FtcoreError):
 def signals():
     """Catch SIGINT and SIGTERM for the run (main thread only); the previous handlers come back after."""
     stop = StopRequested()
-    if threading.current_thread() is not threading.main_thread():
+    # Several processes: not yet. A launcher (torchrun) stops its workers with SIGTERM when one fails; a
+    # worker that caught it would keep a stalled peer alive for the launcher's whole grace period.
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if several or threading.current_thread() is not threading.main_thread():
         yield stop
         return
     previous = {sig: signal.getsignal(sig) for sig in SIGNAL_EXIT}
