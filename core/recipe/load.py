@@ -185,39 +185,39 @@ _ALLOWED_FORMS = re.compile(
     r"|\s*recipe_dir\s*:\s*)\}")                                               # ${recipe_dir:}
 
 
+def _strings(value, path=""):
+    """Yield ``(key_path, string)`` for every string in a recipe's values: ``datasets[0].path``."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _strings(v, f"{path}[{i}]")
+
+
 def interpolation_problems(value, path=""):
     """``(key, message)`` for every ``${...}`` that is not one of the allowed forms (checked before OmegaConf
     parses anything, so its grammar errors never reach the user)."""
-    if isinstance(value, str):
-        start = value.find("${")
+    for key, text in _strings(value, path):
+        start = text.find("${")
         while start != -1:
-            if not (start and value[start - 1] == "\\") and not _ALLOWED_FORMS.match(value, start):
-                shown = value[start:value.find("}", start) + 1 or len(value)][:60]
-                name = _RESOLVER.match(value, start)
+            if not (start and text[start - 1] == "\\") and not _ALLOWED_FORMS.match(text, start):
+                shown = text[start:text.find("}", start) + 1 or len(text)][:60]
+                name = _RESOLVER.match(text, start)
                 what = f"the resolver '{name.group(1)}'" if name else "this interpolation"
-                yield path or None, f"'{shown}' is not allowed ({what}): {NO_CODE}"
+                yield key or None, f"'{shown}' is not allowed ({what}): {NO_CODE}"
                 break
-            start = value.find("${", start + 2)
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            yield from interpolation_problems(v, f"{path}.{k}" if path else str(k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from interpolation_problems(v, f"{path}[{i}]")
+            start = text.find("${", start + 2)
 
 
 def _unsafe_resolvers(value, path=""):
     """Yield (key_path, resolver) for interpolations outside SAFE_RESOLVERS."""
-    if isinstance(value, str):
-        for name in _RESOLVER.findall(value):
+    for key, text in _strings(value, path):
+        for name in _RESOLVER.findall(text):
             if name not in SAFE_RESOLVERS:
-                yield path, name
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            yield from _unsafe_resolvers(v, f"{path}.{k}" if path else str(k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from _unsafe_resolvers(v, f"{path}[{i}]")
+                yield key, name
 
 
 def _message(exc) -> str:
@@ -234,29 +234,15 @@ def _register_env_secrets(value) -> None:
 
     from ftcore import secrets
 
-    if isinstance(value, str):
-        for name in _ENV.findall(value):
+    for _key, text in _strings(value):
+        for name in _ENV.findall(text):
             if name in os.environ:
                 secrets.register(os.environ[name], f"${{oc.env:{name}}}")
-    elif isinstance(value, dict):
-        for v in value.values():
-            _register_env_secrets(v)
-    elif isinstance(value, list):
-        for v in value:
-            _register_env_secrets(v)
 
 
 def env_references(value, path=""):
     """Yield ``(key_path, original string)`` for every string that reads ``${oc.env:...}``."""
-    if isinstance(value, str):
-        if _ENV.search(value):
-            yield path, value
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            yield from env_references(v, f"{path}.{k}" if path else str(k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from env_references(v, f"{path}[{i}]")
+    return ((key, text) for key, text in _strings(value, path) if _ENV.search(text))
 
 
 def _create(data: dict, source: str):
