@@ -69,6 +69,7 @@ CASES = [
 ]
 TEMPLATE_CASES = {"unknown_role.jsonl", "empty_conversation.jsonl", "no_assistant.jsonl", "messages_not_list.jsonl",
                   "message_content_null.jsonl", "message_no_role.jsonl", "sharegpt_bad_from.jsonl"}
+ALL_BAD = {"list_of_strings.json", "csv_missing_column.csv", "nan_cell.parquet"}  # no row of these is usable
 GOOD = [("bom.jsonl", ALPACA, {}), ("bom.json", ALPACA, {}), ("bom.csv", ALPACA, {}),
         ("bom.txt", "completion", {"ds_type": "text"})]
 
@@ -106,7 +107,7 @@ def test_corpus_is_large_enough():
 def test_preprocess_names_file_and_row(name, type_, extra, expected, skippable, tiny_llama, tmp_path, capsys):
     data = tmp_path / name
     shutil.copy(CORPUS / name, data)
-    keys = {"chat_template": "chatml"} if name in TEMPLATE_CASES else {}
+    keys = {"chat_template": "llama3"} if name in TEMPLATE_CASES else {}
     recipe = _recipe(tmp_path, tiny_llama, data, type_, extra, **keys)
     code, _out, err = _run(capsys, "preprocess", str(recipe))
     _assert_clear(code, err, data, expected, tmp_path)
@@ -116,11 +117,15 @@ def test_preprocess_names_file_and_row(name, type_, extra, expected, skippable, 
 def test_skip_counts_bad_rows(name, type_, extra, tiny_llama, tmp_path, capsys):
     data = tmp_path / name
     shutil.copy(CORPUS / name, data)
-    keys = {"chat_template": "chatml"} if name in TEMPLATE_CASES else {}
+    keys = {"chat_template": "llama3"} if name in TEMPLATE_CASES else {}
     recipe = _recipe(tmp_path, tiny_llama, data, type_, extra, on_invalid_example="skip", sequence_len=256, **keys)
     code, out, err = _run(capsys, "preprocess", str(recipe))
-    assert code == 0, err
     assert "Traceback" not in err
+    if name in ALL_BAD:  # nothing left to train on: an error naming the file and what each row was dropped for
+        assert code == 2, err
+        assert "no training examples left" in err and data.name in err and "2 rows read, dropped: 2 " in err, err
+        return
+    assert code == 0, err
     assert "dropped" in out
 
 
@@ -142,7 +147,7 @@ def test_run_names_file_and_row(name, tiny_llama, tmp_path, capsys):
     name, type_, extra, expected, _skip = next(c for c in CASES if c[0] == name)
     data = tmp_path / name
     shutil.copy(CORPUS / name, data)
-    keys = {"chat_template": "chatml"} if name in TEMPLATE_CASES else {}
+    keys = {"chat_template": "llama3"} if name in TEMPLATE_CASES else {}
     recipe = _recipe(tmp_path, tiny_llama, data, type_, extra, **keys)
     code, _out, err = _run(capsys, "run", str(recipe))
     _assert_clear(code, err, data, expected, tmp_path)
@@ -173,7 +178,7 @@ def _built(kind, tmp_path):
     if kind == "big_csv_cell":
         path = tmp_path / "big_cell.csv"
         path.write_text("instruction,output\na,b\n" + "x" * 131_073 + ",c\n", encoding="utf-8")
-        return path, {}, ["row 2", "sequence_len"]
+        return path, {}, ["row 3", "sequence_len"]  # line 1 is the header
     if kind == "deep_json":
         path = tmp_path / "deep.jsonl"
         path.write_text(_good_rows() + '{"instruction": ' + "[" * 100_000 + "]" * 100_000 + ', "output": "x"}\n',
@@ -207,7 +212,7 @@ def test_built_cases(kind, tiny_llama, tmp_path, capsys):
 @pytest.mark.parametrize("kind", ["big_csv_cell", "deep_json"])
 def test_built_cases_skip(kind, tiny_llama, tmp_path, capsys):
     data, extra, _expected = _built(kind, tmp_path)
-    recipe = _recipe(tmp_path, tiny_llama, data, ALPACA, extra, on_invalid_example="skip")
+    recipe = _recipe(tmp_path, tiny_llama, data, ALPACA, extra, on_invalid_example="skip", sequence_len=256)
     code, out, err = _run(capsys, "preprocess", str(recipe))
     assert code == 0, err
     assert "dropped" in out
@@ -224,28 +229,73 @@ def test_missing_path_without_extension(tiny_llama, tmp_path, capsys, monkeypatc
     assert "datasets[0].path" in err and "mydataset" in err
 
 
-# Cases found still failing when this work stopped (issue 13, "data" item 1): strict xfail, so a fix shows
-# up as XPASS and the entry must then be removed from this list.
-KNOWN_GAPS = {
-    "test_run_names_file_and_row[all_too_long.jsonl]",
-    "test_run_names_file_and_row[wrong_columns.parquet]",
-    "test_run_names_file_and_row[unknown_role.jsonl]",
-    "test_preprocess_names_file_and_row[empty.json]",
-    "test_preprocess_names_file_and_row[all_too_long.jsonl]",
-    "test_preprocess_names_file_and_row[wrong_columns.parquet]",
-    "test_preprocess_names_file_and_row[wrong_columns.arrow]",
-    "test_skip_counts_bad_rows[list_of_strings.json]",
-    "test_skip_counts_bad_rows[csv_missing_column.csv]",
-    "test_skip_counts_bad_rows[nan_cell.parquet]",
-    "test_built_cases[symlink_loop]",
-    "test_built_cases[big_csv_cell]",
-    "test_built_cases_skip[big_csv_cell]",
-    "test_built_cases_skip[deep_json]",
-} | {f"test_preprocess_names_file_and_row[{n}]" for n in TEMPLATE_CASES} | {
-    f"test_skip_counts_bad_rows[{n}]" for n in TEMPLATE_CASES}
+def test_validate_says_when_a_hub_dataset_or_model_cannot_be_fetched_offline(tiny_llama, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    recipe = _recipe(tmp_path, tiny_llama, "mydataset", ALPACA)
+    code, out, err = _run(capsys, "validate", str(recipe))
+    assert code == 0, err  # the recipe is valid; it cannot run here now, and validate says so
+    assert "note: datasets[0].path: 'mydataset'" in out and "HF_HUB_OFFLINE=1 is set" in out
+    assert "base_model" not in out.split("note:", 1)[1]  # a local model needs no Hub
+    recipe = write_recipe(tmp_path / "hub.yaml", base_model="someone/some-model",
+                          datasets=[{"path": str(CORPUS / "bom.jsonl"), "type": ALPACA}])
+    code, out, err = _run(capsys, "validate", str(recipe))
+    assert code == 0 and "note: base_model: 'someone/some-model'" in out and "datasets[0]" not in out.split("note:", 1)[1]
 
 
-@pytest.fixture(autouse=True)
-def _known_gap(request):
-    if request.node.name in KNOWN_GAPS:
-        request.node.add_marker(pytest.mark.xfail(reason="not fixed yet (see KNOWN_GAPS)", strict=True))
+# ── a row of megabytes is dropped before it is tokenized ───────────────────
+
+
+def test_a_huge_row_is_dropped_as_too_long_without_being_tokenized(tiny_llama, tmp_path, capsys, monkeypatch):
+    from ftcore.data import prepare
+
+    seen = []
+    real = prepare.tokenize_segments
+    monkeypatch.setattr(prepare, "tokenize_segments",
+                        lambda segments, tok: seen.append(sum(len(t) for t, _ in segments)) or real(segments, tok))
+    path = tmp_path / "huge.jsonl"
+    path.write_text(_good_rows(3) + json.dumps({"instruction": "say", "output": "word " * 4_000_000}) + "\n",
+                    encoding="utf-8")  # 20 MB in one row
+    recipe = _recipe(tmp_path, tiny_llama, path, ALPACA, sequence_len=256)
+    code, out, err = _run(capsys, "preprocess", str(recipe))
+    assert code == 0, err
+    assert "longer than sequence_len (256)" in out
+    assert len(seen) == 3 and max(seen) < 10_000  # the three short rows only
+
+
+@pytest.mark.parametrize("text", ["word " * 3000, " " * 20_000, "\n" * 5000, "ééé " * 2000, "日本語" * 3000,
+                                  "<|eot_id|>" * 800, "x" * 30_000, "0123456789" * 2000])
+def test_the_length_bound_used_before_tokenizing_never_exceeds_the_real_count(text, tiny_llama):
+    from transformers import AutoTokenizer
+
+    from ftcore.data.prepare import _longest_token
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    real = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert len(text) // (2 * _longest_token(tokenizer)) <= real
+
+
+# ── chat templates render in Jinja's sandbox; what it refuses is a clear error ──
+
+TEMPLATES = {  # template, what stderr must say
+    "escape": ("{{ ''.__class__.__mro__[1].__subclasses__() }}", ["refused by Jinja's sandbox", "__class__"]),
+    "raise": ("{{ raise_exception('only user and assistant roles are supported') }}",
+              ["chat.jsonl: row 1: the chat template refused this conversation: only user and assistant"]),
+    "syntax": ("{% for m in messages %}{{ m['content'] }", ["chat template: line 1: not valid Jinja"]),
+    "undefined": ("{{ messages.foo() }}", ["chat.jsonl: row 1: the chat template refused", "foo"]),
+}
+
+
+@pytest.mark.parametrize("name", list(TEMPLATES))
+def test_a_chat_template_error_or_sandbox_refusal_is_one_clear_line(name, tiny_llama, tmp_path, capsys):
+    template, expected = TEMPLATES[name]
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                             {"role": "assistant", "content": "yo"}]}) + "\n", encoding="utf-8")
+    recipe = _recipe(tmp_path, tiny_llama, data, CHAT, chat_template="jinja", chat_template_jinja=template)
+    code, _out, err = _run(capsys, "preprocess", str(recipe))
+    assert code == 2, err
+    assert "Traceback" not in err and "FTCORE_DISABLE_PLUGINS" not in err  # the recipe's template, not a plugin
+    for text in expected:
+        assert text in err, err
+    assert not (tmp_path / "out").exists()

@@ -646,11 +646,19 @@ def test_bad_row_in_the_second_file_names_that_file(llama, tmp_path):
         prepare(llama, datasets=[{"path": str(tmp_path), "type": "alpaca"}])
 
 
-def test_rows_without_trained_tokens_are_dropped_and_counted(llama, tmp_path):
+def test_a_conversation_without_a_reply_to_train_on_is_a_bad_row(llama, tmp_path):
+    # issue 13: a conversation with nothing to train on names its row (it was dropped silently before)
     rows = chat_rows(4) + [{"messages": [{"role": "user", "content": "Anyone?"}]}]
     path = write_jsonl(tmp_path / "chat.jsonl", rows)
+    with pytest.raises(DataError, match=r"chat.jsonl: row 5: the conversation has no reply to train on"):
+        prepare(llama, datasets=[{"path": str(path), "type": "chat_template"}], chat_template="llama3")
+    data = prepare(llama, datasets=[{"path": str(path), "type": "chat_template"}], chat_template="llama3",
+                   on_invalid_example="skip")
+    assert data.stats["train"]["rows_dropped"] == {"no reply to train on": 1} and len(data.train) == 4
+    trained_user = [{**row, "messages": [{**m, "train": True} for m in row["messages"]]} for row in rows[4:]]
+    path = write_jsonl(tmp_path / "marked.jsonl", trained_user)  # a message marked train: true is a reply
     data = prepare(llama, datasets=[{"path": str(path), "type": "chat_template"}], chat_template="llama3")
-    assert data.stats["train"]["rows_dropped"] == {"no trained tokens": 1} and len(data.train) == 4
+    assert len(data.train) == 1
 
 
 # ── 4. long rows ───────────────────────────────────────────────────────────

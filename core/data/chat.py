@@ -82,12 +82,24 @@ def format_chat(row, dataset, ctx):
     options = dataset.options
     content = ContentRow(row, dataset, ctx, columns=_columns(row, options, ctx))
     content.messages = messages_of(row, options, content)
+    _check_reply(content.messages, options)
     for handler, _plugin in ctx.parts.values():
         finish = getattr(handler, "finish", None)
         if finish is not None:
             finish(content)
     segments = conversation_segments(content.messages, ctx, options.roles_to_train, options.train_on_eos)
     return content_example(segments, content)
+
+
+def _check_reply(messages, options) -> None:
+    """RowError when no message of the conversation would be trained: nothing to learn from the row."""
+    if options.train_on_eos == "all":
+        return
+    if any(m["train"] is True or (m["train"] is None and m["role"] in options.roles_to_train) for m in messages):
+        return
+    roles = ", ".join(sorted({m["role"] for m in messages}))
+    raise RowError(f"the conversation has no reply to train on: its messages are {roles}, and roles_to_train is "
+                   f"{', '.join(options.roles_to_train) or 'empty'}", "no reply to train on")
 
 
 def content_example(segments, content: ContentRow):
@@ -225,8 +237,44 @@ def messages_of(row, options, content: ContentRow) -> list:
 
 
 def _render(tokenizer, template, messages):
-    return tokenizer.apply_chat_template([{"role": m["role"], "content": m["content"]} for m in messages],
-                                         chat_template=template, tokenize=False)
+    """The conversation rendered by the template, in transformers' Jinja sandbox.
+
+    A template that reaches for what the sandbox forbids (Python attributes, ``__class__``, ...) or does not
+    parse is the recipe's problem (``FtcoreError``, exit 2); ``raise_exception(...)`` in a template, or an
+    error while rendering this conversation, is a bad row, with the template's own message."""
+    import jinja2
+    from jinja2.exceptions import SecurityError
+
+    try:
+        return tokenizer.apply_chat_template([{"role": m["role"], "content": m["content"]} for m in messages],
+                                             chat_template=template, tokenize=False)
+    except SecurityError as exc:
+        raise FtcoreError(f"chat template: refused by Jinja's sandbox ({exc}); chat templates render sandboxed and "
+                          f"cannot reach Python objects: use chat_template: with a shipped name, or a template "
+                          f"you trust") from None
+    except jinja2.TemplateSyntaxError as exc:
+        raise FtcoreError(template_syntax_message(exc)) from None
+    except jinja2.TemplateError as exc:
+        raise RowError(f"the chat template refused this conversation: {exc}", "refused by the chat template") from None
+
+
+def template_syntax_message(exc) -> str:
+    return (f"chat template: line {exc.lineno}: not valid Jinja ({exc.message}); check chat_template_jinja, "
+            f"or the template the tokenizer or chat_template names")
+
+
+def check_template_syntax(template: str) -> None:
+    """``FtcoreError`` for a chat template that does not parse, before any row is read."""
+    import jinja2
+
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template  # with transformers' tags
+    except ImportError:  # a transformers without it: the first row finds the error instead
+        return
+    try:
+        _compile_jinja_template(template)
+    except jinja2.TemplateSyntaxError as exc:
+        raise FtcoreError(template_syntax_message(exc)) from None
 
 
 def _turn_starts(tokenizer, template, messages, full):

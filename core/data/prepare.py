@@ -24,6 +24,7 @@ import json
 import multiprocessing
 import random
 import sys
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -67,6 +68,32 @@ class _Counts:
         self.dropped = Counter()
         self.tokens = 0
         self.trained = 0
+        self.files = {}  # file -> Counter of "read", "kept" and each reason a row was dropped for
+        self.longest = None  # (tokens, file, row, exact) of the longest row dropped as too long
+
+    def count(self, file, what):
+        self.files.setdefault(file, Counter())[what] += 1
+
+    def too_long(self, tokens, origin, exact=True):
+        if self.longest is None or tokens > self.longest[0]:
+            self.longest = (tokens, *origin, exact)
+
+    def nothing_left(self, recipe, what="no training examples left after formatting") -> DataError:
+        """The error for a dataset list that gave no example: each file with what became of its rows."""
+        lines = []
+        for file, counts in self.files.items():
+            reasons = ", ".join(f"{n} {reason}" for reason, n in counts.items() if reason not in ("read", "kept"))
+            lines.append(f"{file}: {counts['read']} row{'s' if counts['read'] != 1 else ''} read"
+                         + (f", dropped: {reasons}" if reasons else ""))
+        text = f"{what}: {lines[0]}" if len(lines) == 1 else "\n  ".join([f"{what}; every row was dropped:", *lines])
+        if self.longest is not None:
+            tokens, file, row, exact = self.longest
+            wanted = f" (to {1 << (tokens - 1).bit_length():,} to keep it)" if exact else ""
+            where = f"row {row}" if len(lines) == 1 else f"{file} row {row}"
+            text += (f"{';' if len(lines) == 1 else chr(10)} the longest, {where}, is {'' if exact else 'at least '}{tokens:,} tokens against "
+                     f"sequence_len ({recipe.sequence_len}): raise sequence_len{wanted}, or set "
+                     f"excess_length_strategy: truncate")
+        return DataError(text)
 
     def as_dict(self):
         return {"rows_read": self.read, "rows_kept": self.kept, "rows_dropped": dict(self.dropped),
@@ -86,6 +113,7 @@ def format_row(row, spec, function, ctx) -> dict:
         if not isinstance(result, (list, tuple)):
             raise BadExample(f"a format returns a list of (text, trained) segments or a dict with input_ids and "
                              f"labels, got {type(result).__name__}")
+        _check_length(result, ctx)
         return tokenize_segments(result, ctx.tokenizer)
     if "input_ids" not in result or "labels" not in result:
         raise BadExample("a format returning a dict must give input_ids and labels")
@@ -96,6 +124,54 @@ def format_row(row, spec, function, ctx) -> dict:
         if key not in example:
             example[key] = _extra(key, value)
     return example
+
+
+def too_long_reason(recipe) -> str:
+    return f"longer than sequence_len ({recipe.sequence_len})"
+
+
+class TooLong(RowError):
+    """A row whose text is certainly longer than ``sequence_len`` tokens, found before it is tokenized."""
+
+    def __init__(self, tokens: int, reason: str):
+        super().__init__(f"at least {tokens:,} tokens", reason)
+        self.tokens = tokens
+
+
+def _check_length(segments, ctx) -> None:
+    """``TooLong`` for a row under ``excess_length_strategy: drop`` whose text cannot fit: tokenizing megabytes
+    only to drop them costs minutes and gigabytes.
+
+    A token covers at most as many characters as the longest entry of the vocabulary (bytes, for a byte-level
+    vocabulary: never fewer than characters), so ``len(text) / longest`` tokens is a lower bound; half of it
+    leaves room for a normalizer that shortens the text. Only a row beyond that is dropped here, never one
+    that would fit."""
+    recipe = getattr(ctx, "recipe", None)
+    if recipe is None or recipe.excess_length_strategy != "drop":
+        return
+    chars = sum(len(item[0]) for item in segments if isinstance(item, tuple) and item and isinstance(item[0], str))
+    if chars <= 2 * recipe.sequence_len:
+        return
+    at_least = chars // (2 * _longest_token(ctx.tokenizer))
+    if at_least > recipe.sequence_len:
+        raise TooLong(at_least, too_long_reason(recipe))
+
+
+_LONGEST_TOKEN = weakref.WeakKeyDictionary()
+
+
+def _longest_token(tokenizer) -> int:
+    """The length in characters of the longest token of the vocabulary (added tokens included)."""
+    try:
+        return _LONGEST_TOKEN[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    longest = max((len(token) for token in tokenizer.get_vocab()), default=1) or 1
+    try:
+        _LONGEST_TOKEN[tokenizer] = longest
+    except TypeError:  # not weakly referenceable: computed each time
+        pass
+    return longest
 
 
 def _extra(key, value):
@@ -202,7 +278,7 @@ def _examples(specs, recipe, ctx, formats, counts, sources, origins, limit=None,
         try:
             shown = _progress(results, len(read.rows), f"formatting {spec.path}")
             if combine is None:
-                _keep(read.rows, shown, recipe, counts, out, origins)
+                _keep(read.rows, shown, recipe, counts, out, origins, spec)
             else:
                 _keep_combined(read.rows, shown, combine, spec, ctx, recipe, counts, out, origins)
         finally:
@@ -210,14 +286,16 @@ def _examples(specs, recipe, ctx, formats, counts, sources, origins, limit=None,
     return out
 
 
-def _keep(rows, results, recipe, counts, out, origins):
+def _keep(rows, results, recipe, counts, out, origins, spec=None):
     """Apply ``on_invalid_example``, the length rule and the no-trained-token rule; count everything."""
-    for ((file, number), _row), example in zip(rows, results):
+    for ((file, number), row), example in zip(rows, results):
         counts.read += 1
+        counts.count(file, "read")
         if isinstance(example, RowError):
-            _bad_row(file, number, example, recipe, counts)
+            _bad_row(file, number, example, recipe, counts, row, spec)
             continue
-        counts.kept += _add(example, (file, number), recipe, counts, out, origins)
+        kept = _add(example, (file, number), recipe, counts, out, origins)
+        counts.kept += kept
 
 
 def _keep_combined(rows, results, combine, spec, ctx, recipe, counts, out, origins):
@@ -225,10 +303,11 @@ def _keep_combined(rows, results, combine, spec, ctx, recipe, counts, out, origi
     entry's good examples are combined, and the length and no-trained-token rules apply to what
     comes out. ``rows_kept`` counts the rows that went in."""
     good = []
-    for ((file, number), _row), example in zip(rows, results):
+    for ((file, number), row), example in zip(rows, results):
         counts.read += 1
+        counts.count(file, "read")
         if isinstance(example, RowError):
-            _bad_row(file, number, example, recipe, counts)
+            _bad_row(file, number, example, recipe, counts, row, spec)
             continue
         counts.kept += 1
         good.append(((file, number), example))
@@ -236,29 +315,64 @@ def _keep_combined(rows, results, combine, spec, ctx, recipe, counts, out, origi
         _add(example, origin, recipe, counts, out, origins)
 
 
-def _bad_row(file, number, error, recipe, counts):
-    """``on_invalid_example``: stop, naming the file and row, or count the row by its reason."""
+def _bad_row(file, number, error, recipe, counts, row=None, spec=None):
+    """``on_invalid_example``: stop, naming the file and row, or count the row by its reason.
+
+    A row too long to train on (``TooLong``, found before tokenizing) is dropped by the length rule whatever
+    ``on_invalid_example`` says; a column the format reads that a columnar file lacks is the file's
+    mistake, said once for the file."""
+    if isinstance(error, TooLong):
+        counts.too_long(error.tokens, (file, number), exact=False)
+        counts.dropped[error.reason] += 1
+        counts.count(file, error.reason)
+        return
+    if error.reason == "missing field" and isinstance(row, dict) and str(file).endswith((".parquet", ".arrow")):
+        _check_columns(file, row, spec, str(error))
     if recipe.on_invalid_example == "error":
         raise DataError(
             f"{file}: row {number}: {error} "
             f"(set on_invalid_example: skip to drop such rows and count them)"
         ) from error
     counts.dropped[error.reason] += 1
+    counts.count(file, error.reason)
+
+
+def _check_columns(file, row, spec, message) -> None:
+    """DataError when a parquet or arrow file lacks the column a row missed and the format's ``field_*`` options
+    name: every row misses it, so it is said once, for the file."""
+    import re
+
+    options = getattr(spec, "options", None)
+    fields = {name: value for name, value in (dict(options) if options is not None else {}).items()
+              if name.startswith("field_") and isinstance(value, str)}
+    missed = re.match(r"missing field '([^']+)'", message)
+    absent = [missed.group(1)] if missed and missed.group(1) not in row else []
+    if not fields or not absent or absent[0] not in fields.values():
+        return
+    reads = ", ".join(f"{name}: {value}" for name, value in fields.items())
+    raise DataError(f"{file}: the file has no column {', '.join(repr(a) for a in absent)}; its columns are "
+                    f"{', '.join(sorted(row)) or 'none'}, and type '{spec.type}' reads the columns its field_* keys "
+                    f"name ({reads}); rename the columns, or map them in the dataset entry (e.g. "
+                    f"{next(iter(fields))}: {sorted(row)[0] if row else 'NAME'})")
 
 
 def _add(example, origin, recipe, counts, out, origins) -> bool:
     """The length rule and the no-trained-token rule; keep and count the example if it passes."""
     if len(example["input_ids"]) > recipe.sequence_len:
         if recipe.excess_length_strategy == "drop":
-            counts.dropped[f"longer than sequence_len ({recipe.sequence_len})"] += 1
+            counts.dropped[too_long_reason(recipe)] += 1  # (the same reason as a TooLong row's)
+            counts.count(origin[0], too_long_reason(recipe))
+            counts.too_long(len(example["input_ids"]), origin)
             return False
         example = {k: v[: recipe.sequence_len] if k in ("input_ids", "labels") else v for k, v in example.items()}
     trained = sum(1 for label in example["labels"][1:] if label != IGNORE_INDEX)
     if trained == 0:
         counts.dropped["no trained tokens"] += 1
+        counts.count(origin[0], "no trained tokens")
         return False
     counts.tokens += len(example["input_ids"])
     counts.trained += trained
+    counts.count(origin[0], "kept")
     out.append(example)
     origins.append(origin)
     return True
@@ -295,7 +409,7 @@ def _parallel(rows, spec, function, ctx, processes):
                 if first is None:
                     raise PluginError(second)
                 if isinstance(first, str):
-                    yield RowError(first, second)
+                    yield RowError(first, second) if extras is None else TooLong(extras, second)
                 else:
                     yield {"input_ids": first.tolist(), "labels": second.tolist(), **(extras or {})}
 
@@ -316,7 +430,8 @@ def _work_on(chunk):
             out.append((None, str(exc), None))
             break
         if isinstance(example, RowError):
-            out.append((str(example), example.reason, None))  # a RowError does not survive pickling with its reason
+            # a RowError does not survive pickling with its reason; a TooLong sends its token count
+            out.append((str(example), example.reason, getattr(example, "tokens", None)))
         else:  # typed arrays pickle as bytes: far cheaper to send back than lists of ints
             out.append((array("q", example["input_ids"]), array("q", example["labels"]), extras_of(example)))
     return out
@@ -348,20 +463,14 @@ def tokenize_datasets(recipe, tokenizer, formats, chat_template=None, limit=None
     train_counts, test_counts = _Counts(), _Counts()
     train = _examples(recipe.datasets or [], recipe, ctx, formats, train_counts, sources, origins, limit, plugins)
     if not train:
-        hint = ""
-        if any(reason.startswith("longer than") for reason in train_counts.dropped):
-            hint = "; raise sequence_len, or set excess_length_strategy: truncate"
-        raise DataError(
-            "no training examples left after formatting: "
-            f"{train_counts.read} rows read, dropped: {dict(train_counts.dropped) or 'none'}{hint}"
-        )
+        raise train_counts.nothing_left(recipe)
     counts = {"train": train_counts.as_dict()}
     test = []
     if recipe.test_datasets:
         test = _examples(recipe.test_datasets, recipe, ctx, formats, test_counts, sources, origins, limit, plugins,
                          key="test_datasets")
         if not test:
-            raise DataError(f"test_datasets gave no examples: dropped {dict(test_counts.dropped)}")
+            raise test_counts.nothing_left(recipe, "test_datasets gave no examples")
         counts["test"] = test_counts.as_dict()
     return Tokenized(train, test, origins, sources, counts)
 
@@ -409,6 +518,9 @@ def set_chat_template(recipe, tokenizer, templates: dict) -> str | None:
         raise FtcoreError(f"chat_template: {recipe.chat_template} uses tokens the tokenizer lacks: "
                           f"{', '.join(missing)}; add them with tokens: [...] (or special_tokens:), "
                           f"or choose a template made for this model")
+    from ftcore.data.chat import check_template_syntax
+
+    check_template_syntax(text)
     tokenizer.chat_template = text
     return text
 

@@ -151,6 +151,8 @@ def _read_jsonl(path: Path):
 
 def _read_json(path: Path):
     text = _text(path)
+    if not text.strip():
+        return  # an empty file: read_rows says it holds no rows
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
