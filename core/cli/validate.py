@@ -22,6 +22,21 @@ def _looks_local(value: str) -> bool:
     return value.startswith((".", "/", "~")) or Path(value).suffix in (".json", ".jsonl", ".csv", ".parquet", ".arrow")
 
 
+def _why_missing(value: str) -> str:
+    """A path that does not exist: a symbolic link that loops or points nowhere is said as such."""
+    import os
+
+    from ftcore.data.read import check_regular_file
+    from ftcore.errors import DataError
+
+    if os.path.lexists(Path(value).expanduser()):
+        try:
+            check_regular_file(Path(value).expanduser())
+        except DataError as exc:
+            return str(exc)
+    return f"no such file or folder: {value}"
+
+
 def path_problems(recipe):
     """What stops a valid recipe from running here: no datasets, local paths that do not exist."""
     problems = []
@@ -35,11 +50,32 @@ def path_problems(recipe):
             checks.append((f"{list_key}[{i}].path", spec.path))
     for key, value in checks:
         if value and _looks_local(value) and not Path(value).expanduser().exists():
-            problems.append((key, f"no such file or folder: {value}"))
+            problems.append((key, _why_missing(value)))
     if recipe.base_model and not Path(recipe.base_model).expanduser().exists() and not _looks_local(recipe.base_model):
         if "/" not in recipe.base_model:
             problems.append(("base_model", f"'{recipe.base_model}' is neither a local folder nor a Hub id (owner/name)"))
     return problems
+
+
+def hub_notes(recipe) -> list[str]:
+    """A line for each model or dataset the recipe would fetch from the Hub while the Hub cannot be reached and
+    the local cache lacks it: ``validate`` says so (the recipe itself is fine); ``run`` stops there at once."""
+    from ftcore import hub
+
+    wanted = [("base_model", recipe.base_model, "model"), ("base_model_config", recipe.base_model_config, "model"),
+              ("tokenizer_config", recipe.tokenizer_config, "model")]
+    for list_key in ("datasets", "test_datasets"):
+        wanted += [(f"{list_key}[{i}].path", spec.path, "dataset") for i, spec in enumerate(getattr(recipe, list_key) or [])]
+    notes = []
+    for key, value, kind in wanted:
+        if not value or _looks_local(value) or Path(value).expanduser().exists() or hub.cached(value, kind):
+            continue
+        reason = hub.offline_reason()
+        if reason is None:
+            return []  # the Hub answers: everything can be fetched
+        notes.append(f"{key}: '{value}' is not a local file or folder, so it would come from the Hugging Face Hub, "
+                     f"which cannot be reached ({reason}), and it is not in the local cache: a run stops there")
+    return notes
 
 
 def print_notes(recipe, skipped):
@@ -102,6 +138,8 @@ def handle(args) -> int:
     print(f"  datasets:   {datasets}")
     print(f"  output_dir: {recipe.output_dir}")
     print_code(recipe)
+    for line in hub_notes(recipe):
+        print(f"  note: {line}")
     from ftcore.artifacts import output_dir_note
 
     note = output_dir_note(Path(recipe.output_dir), recipe.resume_from_checkpoint)
