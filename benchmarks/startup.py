@@ -6,7 +6,9 @@ Compares `ftcore run` (LoRA on a ~4 M-parameter Llama, 200 alpaca rows) with a
 plain PyTorch + transformers + peft script doing the same work by hand: load
 the tokenizer and model, tokenize, wrap with LoRA, one optimizer step. Each
 command runs in a fresh process; the table gives medians and the ratio to the
-plain script. Everything is built locally; nothing is downloaded.
+plain script. Everything is built locally; nothing is downloaded. A second
+table times the commands that never import torch (`ftcore --help`,
+`ftcore validate`) against a bare Python start.
 """
 
 import argparse
@@ -109,6 +111,25 @@ def main():
         for name, values in results.items():
             median = statistics.median(values)
             print(f"{name:<14} {median:8.2f} {min(values):8.2f} {max(values):8.2f} {median / base:7.2f}")
+        commands_without_torch(tmp, args.repeats)
+
+
+def commands_without_torch(tmp, repeats):
+    """Seconds for the commands that never import torch, against a bare ``python -c pass``."""
+    quick = {"python -c pass": [sys.executable, "-c", "pass"],
+             "ftcore --help": [sys.executable, "-m", "ftcore", "--help"],
+             "ftcore validate": [sys.executable, "-m", "ftcore", "validate", str(tmp / "recipe.yaml")]}
+    times = {name: [] for name in quick}
+    for _ in range(max(repeats, 5)):
+        for name, command in quick.items():
+            start = time.perf_counter()
+            subprocess.run(command, cwd=tmp, capture_output=True, check=False, env={**__import__("os").environ,
+                                                                                    "PYTHONPATH": str(tmp)})
+            times[name].append(time.perf_counter() - start)
+    print(f"\n{'command':<16} {'median s':>9} {'ratio':>7}   (no torch import; target: under 1 s)")
+    base = statistics.median(times["python -c pass"])
+    for name, values in times.items():
+        print(f"{name:<16} {statistics.median(values):9.2f} {statistics.median(values) / base:7.2f}")
 
 
 if __name__ == "__main__":
