@@ -4,7 +4,8 @@ Which trackers a run reports to (``trackers(recipe)``):
 
 - ``report_to``: ``tensorboard``, ``mlflow``, ``wandb``, a list of them, or ``none``;
 - ``use_tensorboard: true`` adds TensorBoard (event files under ``<output_dir>/runs/``);
-- ``use_mlflow: true`` or ``mlflow_tracking_uri`` adds MLflow, with ``mlflow_experiment_name``,
+- ``use_mlflow: true`` or ``mlflow_tracking_uri`` adds MLflow (without a URI, in the recipe or
+  ``MLFLOW_TRACKING_URI``: the folder ``./mlruns``), with ``mlflow_experiment_name``,
   ``mlflow_run_name`` and ``hf_mlflow_log_artifacts`` (upload the run folder at the end);
 - ``wandb_project`` adds Weights & Biases (its ``wandb_*`` keys belong to the ``wandb`` plugin,
   read here with ``recipe.get``).
@@ -87,14 +88,22 @@ def missing(name: str) -> str:
 
 def environment(recipe) -> dict:
     """The variables transformers' MLflow callback reads."""
+    import os
+
     if "mlflow" not in trackers(recipe):
         return {}
-    env = {"MLFLOW_TRACKING_URI": recipe.mlflow_tracking_uri, "MLFLOW_EXPERIMENT_NAME": recipe.mlflow_experiment_name,
+    # no URI anywhere: MLflow 3 would pick sqlite:///mlflow.db, which needs a database library that
+    # mlflow-skinny lacks (a traceback at the first step); a ./mlruns folder works with every install
+    uri = recipe.mlflow_tracking_uri or (None if os.environ.get("MLFLOW_TRACKING_URI") else DEFAULT_MLFLOW_STORE)
+    env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": recipe.mlflow_experiment_name,
            "HF_MLFLOW_LOG_ARTIFACTS": None if recipe.hf_mlflow_log_artifacts is None
            else str(recipe.hf_mlflow_log_artifacts).lower()}
-    if _file_store(recipe.mlflow_tracking_uri):  # MLflow 3 refuses its file store unless told it is wanted
+    if _file_store(uri):  # MLflow 3 refuses its file store unless told it is wanted
         env["MLFLOW_ALLOW_FILE_STORE"] = "true"
     return {key: value for key, value in env.items() if value is not None}
+
+
+DEFAULT_MLFLOW_STORE = "mlruns"  # in the current folder, as MLflow 2 did
 
 
 def _file_store(uri: str | None) -> bool:

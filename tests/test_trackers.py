@@ -127,3 +127,15 @@ def test_mlflow_records_the_named_run_with_the_metrics_of_metrics_jsonl(tracked)
 def test_the_environment_is_put_back_after_the_run(tracked):
     _, _, before = tracked
     assert {var: os.environ.get(var) for var in MLFLOW_VARS} == before
+
+
+def test_use_mlflow_without_a_uri_writes_to_a_mlruns_folder_not_mlflow_3s_sqlite_default(monkeypatch):
+    # MLflow 3's default (sqlite:///mlflow.db) needs a database library mlflow-skinny lacks: a traceback mid-run
+    from ftcore.plugins.trackers import environment
+    from ftcore.testing import load_recipe
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    env = environment(load_recipe({**BASE, "use_mlflow": True}))
+    assert env["MLFLOW_TRACKING_URI"] == "mlruns" and env["MLFLOW_ALLOW_FILE_STORE"] == "true"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")  # the user's own: left alone
+    assert "MLFLOW_TRACKING_URI" not in environment(load_recipe({**BASE, "use_mlflow": True}))
