@@ -45,6 +45,8 @@ Training and evaluation
 Trained runs
     ``load_trained(run_dir, plugins, *, base=False, quantize=None, overrides=())`` -> ``Trained``
     (model, tokenizer, recipe, run_dir, stash, processor, label): a run folder's model for inference
+    ``run_state(run_dir)`` -> ``RunState`` (status, problem, advice, has_model; ``need_model()``, ``check()``);
+    ``require_base(key, model)``: one clear line when a base model Hub id is needed offline
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ from ftcore.stash import (ADAPTER_SCOPE, ADAPTER_TARGETS, EVAL_SAMPLES, FROZEN_M
                           PROCESSOR, Stash, StashKey)
 from ftcore.train import trainer_kwargs
 from ftcore.trained import Trained, load_trained
+from ftcore.trained import RunState, require_base, run_state  # is a run folder finished (eval, generate, chat, merge)
 
 __all__ = [  # FtcoreTrainer is loaded on first use (__getattr__ below)
     "__version__", "ADAPTER_SCOPE", "ADAPTER_TARGETS", "ALPACA_PREAMBLE", "ALPACA_PREAMBLE_WITH_INPUT",
@@ -81,6 +84,8 @@ __all__ = [  # FtcoreTrainer is loaded on first use (__getattr__ below)
     "SourceFileOptions", "Stash", "StashKey", "text_field", "tokenize_segments", "torch_dtype", "Trained",
     "trainer_kwargs", "load_trained", "transformers_class",
 ]
+
+__all__ += ["RunState", "require_base", "run_state"]  # what a run folder's run.json says, in words
 
 
 def __getattr__(name):

@@ -26,7 +26,7 @@ from pydantic import Field
 
 from ftcore.api import (ADAPTER_SCOPE, ADAPTER_TARGETS, NEW_TOKEN_IDS, PATH, FtcoreError, check_source,
                         check_weights, MissingPluginError,
-                        RecipeKeys, get_logger, hookimpl, transformers_class)
+                        RecipeKeys, get_logger, hookimpl, require_base, run_state, transformers_class)
 
 FTCORE_CONTRACT = "1"
 
@@ -228,7 +228,9 @@ def load_trained_weights(recipe, model, run_dir):
 # weights. The result is a plain transformers model (``config.json`` +
 # ``*.safetensors``) with the run's tokenizer and chat template. It is written
 # to a temporary folder next to ``--out`` and renamed at the end, so a failure
-# leaves nothing half-written.
+# leaves nothing half-written. A run whose run.json does not say "completed"
+# (interrupted, failed, still training or killed) is refused unless --force
+# (ftcore.api.run_state: the check eval, generate and chat share).
 #
 # The lora plugin registers this command (``register_commands``); importing this
 # module imports neither torch nor transformers, so ``ftcore --help`` stays fast.
@@ -251,6 +253,9 @@ def configure_merge(parser):
                         help="precision to merge and save in (auto: bf16 on a GPU that supports it, "
                              "else fp16 on GPU, fp32 on CPU)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    parser.add_argument("--force", action="store_true",
+                        help="merge a run whose run.json does not say it completed (interrupted, failed, "
+                             "still running), with a warning")
 
 
 # ---------------------------------------------------------------- what to merge (no torch needed)
@@ -378,7 +383,10 @@ def merge_command(args) -> int:
         if not adapter_dir.is_dir():
             raise FtcoreError(f"no such run folder: {adapter_dir}")
         recipe = _merge_read_recipe(adapter_dir)
+        state = run_state(adapter_dir)  # what run.json says: completed, interrupted, failed, still running
+        state.need_model()
         _merge_check_adapter(adapter_dir, run_folder=True)
+        state.check(doing="merging", verb="merge", force_flag="--force", forced=args.force)
         base = str(recipe["base_model"])
         model_class = recipe.get("model_type")
         trust = bool(recipe.get("trust_remote_code"))
@@ -404,6 +412,9 @@ def merge_command(args) -> int:
     if Path(base).expanduser().exists():
         sources.append(Path(base).expanduser().resolve())
     _merge_check_out(out.resolve(), sources, args.overwrite, run_folder)
+    # offline: a Hub id that is not cached fails here, in one line, before torch loads
+    require_base("--base" if args.base else "base_model" if run_folder else
+                 f"{adapter_dir / ADAPTER_CONFIG} base_model_name_or_path", base)
 
     start = time.time()
     import torch  # noqa: F401  (torch, transformers and peft load from here on)

@@ -115,8 +115,9 @@ def test_loading_what_is_not_a_finished_run_says_why(lora_run, tmp_path):
     shutil.copytree(lora_run.output_dir, copy)
     manifest = json.loads((copy / "run.json").read_text())
     (copy / "run.json").write_text(json.dumps({**manifest, "status": "interrupted"}))
-    with pytest.raises(FtcoreError, match="did not complete .*status: interrupted"):
-        load(copy)
+    from ftcore.trained import run_state  # not completed: a warning now, eval/generate/chat go on (test_after_run_safety)
+
+    assert "run.json says the run was interrupted" in run_state(copy).problem
     (copy / "run.json").write_text(json.dumps(manifest))
     (copy / "adapter_model.safetensors").unlink()
     with pytest.raises(FtcoreError, match=r"has no trained adapter \(adapter_config.json"):

@@ -77,7 +77,7 @@ def run_folder(target: str, plugins, overrides=()) -> Path:
 
 def evaluate(run_dir: Path, plugins, baseline: bool = False, overrides=()) -> dict:
     """The contents of ``eval.json`` (without writing it)."""
-    from ftcore.trained import load_trained
+    from ftcore.trained import load_trained, run_state
 
     trained = load_trained(run_dir, plugins, overrides=overrides)
     recipe = trained.recipe
@@ -95,7 +95,8 @@ def evaluate(run_dir: Path, plugins, baseline: bool = False, overrides=()) -> di
         trained = load_trained(run_dir, plugins, base=True, overrides=overrides)
         models["base"] = describe(trained)
         metrics["base"] = _evaluate(trained, evaluators, examples, collator, step, samples, "base")
-    result = {"run_dir": str(run_dir), "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    status = run_state(run_dir).status  # load_trained warned when it is not "completed"
+    result = {"run_dir": str(run_dir), "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_status": status,
               "evaluators": list(evaluators), "split": split, "examples": len(examples),
               "models": {name: {"model": models[name], "metrics": metrics[name]}
                          for name in ("fine_tuned", "base") if name in models}}
