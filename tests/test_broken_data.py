@@ -66,10 +66,13 @@ CASES = [
     ("nan_cell.parquet", ALPACA, {}, ["row 1", "must be a string"], True),
     ("garbage.parquet", ALPACA, {}, ["cannot read as parquet"], False),
     ("garbage.arrow", ALPACA, {}, ["cannot read as arrow"], False),
+    ("csv_unclosed_quote.csv", ALPACA, {}, ["line 2", "never closed"], False),
+    ("csv_extra_cells.csv", ALPACA, {}, ["row 2", "4 cells", "header names 2"], True),
+    ("utf16.jsonl", ALPACA, {}, ["UTF-16", "save it as UTF-8"], False),
 ]
 TEMPLATE_CASES = {"unknown_role.jsonl", "empty_conversation.jsonl", "no_assistant.jsonl", "messages_not_list.jsonl",
                   "message_content_null.jsonl", "message_no_role.jsonl", "sharegpt_bad_from.jsonl"}
-ALL_BAD = {"list_of_strings.json", "csv_missing_column.csv", "nan_cell.parquet"}  # no row of these is usable
+ALL_BAD = {"list_of_strings.json", "csv_missing_column.csv", "nan_cell.parquet", "csv_extra_cells.csv"}  # no row of these is usable
 GOOD = [("bom.jsonl", ALPACA, {}), ("bom.json", ALPACA, {}), ("bom.csv", ALPACA, {}),
         ("bom.txt", "completion", {"ds_type": "text"})]
 

@@ -115,9 +115,19 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+_UTF16 = (b"\xff\xfe", b"\xfe\xff")
+
+
+def _not_utf16(path: Path, start: bytes) -> None:
+    if start.startswith(_UTF16):
+        raise DataError(f"{path}: the file is UTF-16 (it starts with a UTF-16 byte-order mark); ftcore reads "
+                        f"UTF-8: save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)")
+
+
 def _text(path: Path) -> str:
     """The whole file as text (a UTF-8 BOM is dropped); DataError naming the line of a bad byte."""
     raw = path.read_bytes()
+    _not_utf16(path, raw[:2])
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -127,6 +137,8 @@ def _text(path: Path) -> str:
 
 def _read_jsonl(path: Path):
     with path.open("rb") as fh:
+        _not_utf16(path, fh.read(2))
+        fh.seek(0)
         for number, raw in enumerate(fh, start=1):
             try:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
@@ -178,15 +190,25 @@ def _read_json(path: Path):
 def _read_csv(path: Path):
     """Every cell is text ("007" stays "007", "NA" stays "NA"); an empty cell is missing."""
     csv.field_size_limit(sys.maxsize if sys.maxsize < 2**63 else 2**63 - 1)  # a huge cell: the length rule decides
-    reader = csv.DictReader(io.StringIO(_text(path), newline=""))
+    reader = csv.DictReader(io.StringIO(_text(path), newline=""), strict=True)  # strict: an unclosed quote is said
+    last = 1  # the header
     while True:
         try:
             row = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
+            if "end of data" in str(exc):  # the row that opened the quote starts after the last one read
+                raise DataError(f"{path}: line {last + 1}: not valid CSV (a quote opened in this row is never "
+                                f"closed, so the row runs on to the end of the file)") from None
             raise DataError(f"{path}: line {reader.line_num}: not valid CSV ({exc})") from None
-        yield reader.line_num, {k: (v if v != "" else None) for k, v in row.items() if k is not None}
+        last = reader.line_num
+        if None in row:  # more cells than the header names
+            cells = len(reader.fieldnames) + len(row[None])
+            yield reader.line_num, RowProblem(f"{cells} cells, but the header names {len(reader.fieldnames)} "
+                                              f"columns ({', '.join(reader.fieldnames)})", "wrong number of cells")
+            continue
+        yield reader.line_num, {k: (v if v != "" else None) for k, v in row.items()}
 
 
 def _read_text(path: Path):
