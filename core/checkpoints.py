@@ -89,6 +89,40 @@ def resolve(recipe, output_dir: Path) -> str | None:
     return None
 
 
+FINAL_WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json",
+                 "adapter_model.bin", "pytorch_model.bin")
+
+
+def check_resumable(output_dir: Path, recipe, overwrite: bool = False) -> None:
+    """``--resume`` (``resume_from_checkpoint`` auto or true) into ``output_dir``: refuse a run that already
+    completed (nothing to resume; training it again silently would replace its model) and a folder that
+    is not ftcore's (neither its marker nor a run.json). A missing or empty folder starts from step 0.
+    With ``--overwrite`` too, a completed run is trained again (check_output_dir decides the rest)."""
+    from ftcore.artifacts import MARKER, OWN
+
+    wanted = recipe.resume_from_checkpoint
+    if not (wanted is True or (isinstance(wanted, str) and wanted.lower() in ("auto", "true"))):
+        return
+    path = Path(output_dir)
+    try:
+        entries = [p.name for p in path.iterdir() if p.name not in OWN and not p.name.startswith(MARKER)]
+    except (FileNotFoundError, NotADirectoryError):
+        return  # check_output_dir says what is wrong with a file
+    if not entries:
+        return
+    try:
+        status = json.loads((path / "run.json").read_text(encoding="utf-8")).get("status")
+    except (OSError, ValueError, AttributeError):
+        status = None
+    if status == "completed" and not overwrite and any((path / name).is_file() for name in FINAL_WEIGHTS):
+        raise ResumeError(f"output_dir '{path}' holds a run that already completed (run.json); nothing to resume. "
+                          f"Use --overwrite to train it again (replaces it), or set output_dir=<new folder>")
+    if not (path / MARKER).is_file() and not (path / "run.json").is_file():
+        raise ResumeError(f"output_dir '{path}' is not a run folder: ftcore did not write it (no {MARKER}, no "
+                          f"run.json), so there is nothing to resume and ftcore writes nothing there; set "
+                          f"output_dir=<the run's folder> or <new folder>")
+
+
 def check_same_recipe(recipe, checkpoint: str, used_plugins=None) -> None:
     """Refuse a checkpoint another recipe wrote, naming the keys that differ."""
     import yaml

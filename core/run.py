@@ -51,6 +51,7 @@ def run(recipe, plugins, overwrite: bool = False) -> RunResult:
 def _run(recipe, plugins, overwrite) -> RunResult:
     output_dir = Path(recipe.output_dir)
     check_output_dir(output_dir, overwrite, resume=recipe.resume_from_checkpoint)
+    checkpoints.check_resumable(output_dir, recipe, overwrite)  # --resume: not a completed run, not a stranger's
     preflight(output_dir, recipe, overwrite)  # writable, room for the checkpoints (the CLI checked it already)
     held = lock_output_dir(output_dir)  # one run per folder, for API callers too (re-entrant under the CLI)
     held.__enter__()
@@ -127,6 +128,8 @@ def _train(recipe, plugins, stash, output_dir, overwrite) -> RunResult:
         checkpoints.remove_partial(output_dir)
         if resume:
             checkpoints.trim_metrics(output_dir, checkpoints.step_of(resume))
+        elif recipe.resume_from_checkpoint:  # --resume before any checkpoint: step 0 again, the old records go
+            checkpoints.trim_metrics(output_dir, 0)
         write_recipe(recipe, output_dir, used_plugins=plugins.answered)
         manifest = Manifest(output_dir, recipe, plugins, data, hardware,
                             {"precision": dtype, "world_size": world_size,
@@ -135,7 +138,7 @@ def _train(recipe, plugins, stash, output_dir, overwrite) -> RunResult:
         step = checkpoints.step_of(resume)
         log.info(f"resuming from {Path(resume).name} (step {step} of {arguments.max_steps if arguments.max_steps > 0 else 'the run'})")
 
-    status, metrics = "failed", {}
+    status, metrics, ending = "failed", {}, None  # ending: the error that ends the run, if one does
     with guards.signals() as stop:  # Ctrl-C, SIGTERM: finish the step, save a checkpoint, stop
         trainer.add_callback(guards.callback(stop))
         try:
@@ -148,43 +151,97 @@ def _train(recipe, plugins, stash, output_dir, overwrite) -> RunResult:
             status = "completed"
         except Exception as exc:  # a full disk or a read-only folder during a checkpoint save: one clear line
             if guards.is_disk_fault(exc):
-                raise guards.save_failed(exc, output_dir) from exc
+                ending = guards.save_failed(exc, output_dir)
+                raise ending from exc
+            ending = exc
             raise
         except KeyboardInterrupt:  # a second Ctrl-C: stop at once; the last complete checkpoint stays
             status = "stopped"
-            raise Interrupted(f"stopped at once; the last complete checkpoint in {output_dir} is kept. "
-                              f"Resume with: {guards.resume_command()}") from None
+            ending = Interrupted(f"stopped at once; the last complete checkpoint in {output_dir} is kept. "
+                                 f"Resume with: {guards.resume_command()}")
+            raise ending from None
         finally:
-            _finish(trainer, plugins, recipe, tokenizer, output_dir, stash, manifest, status)
+            _finish(trainer, plugins, recipe, tokenizer, output_dir, stash, manifest, status, ending)
     metrics = manifest.metrics if manifest is not None else {}
     _report_result(output_dir, metrics)
     return RunResult(output_dir, metrics, trainer.model, tokenizer, stash)
 
 
-def _finish(trainer, plugins, recipe, tokenizer, output_dir, stash, manifest, status):
-    """Save the model (not after a failure or a second Ctrl-C), then run.json, loss.png, samples, the report."""
-    if True:  # noqa: SIM108 - one block, as it ran inside the training's finally
-        main_process = trainer.is_world_process_zero()
-        files = []
-        save = status in ("completed", "interrupted")  # "stopped": a second Ctrl-C, nothing more is written
-        status = "interrupted" if status == "stopped" else status
+def _finish(trainer, plugins, recipe, tokenizer, output_dir, stash, manifest, status, ending=None):
+    """Save the model (not after a failure or a second Ctrl-C), then run.json, loss.png, samples, the report.
+
+    Called from the training's ``finally``; ``ending`` is the error ending the run, if one is. A full disk or
+    a read-only folder while saving is one clear error (``guards.save_failed``); when run.json itself cannot
+    be rewritten, the error says so (it still says "running").
+    """
+    main_process = trainer.is_world_process_zero()
+    files = []
+    save = status in ("completed", "interrupted")  # "stopped": a second Ctrl-C, nothing more is written
+    status = "interrupted" if status == "stopped" else status
+    try:
+        if save:
+            _save_final(trainer, output_dir, main_process)  # every rank: ZeRO-3/FSDP gather here
+            if main_process:
+                files = hooks.save_artifacts(plugins, recipe, trainer.model, tokenizer, output_dir, stash)
+    except BaseException as exc:
+        status = "failed"  # run.json must not say "running" (or "completed") when saving failed
+        if isinstance(exc, Exception) and not isinstance(exc, guards.SaveFailed) and guards.is_disk_fault(exc):
+            ending = guards.save_failed(exc, output_dir)
+            raise ending from exc
+        ending = exc
+        raise
+    finally:
+        if main_process and manifest is not None:
+            _record(output_dir, stash, manifest, status, files, ending)
+
+
+def _record(output_dir, stash, manifest, status, files, ending) -> None:
+    """run.json's final status, loss.png, samples.jsonl, the report, the marker's file list: each tried on its own.
+
+    A disk fault here never hides the error ending the run: it is added to that error's message (or, after a
+    run that succeeded, raised as one clear error naming run.json)."""
+    problem = None
+
+    def attempt(write, *args):
+        nonlocal problem
         try:
-            if save:
-                _save_final(trainer, output_dir, main_process)  # every rank: ZeRO-3/FSDP gather here
-                if main_process:
-                    files = hooks.save_artifacts(plugins, recipe, trainer.model, tokenizer, output_dir, stash)
-        except BaseException:
-            status = "failed"  # run.json must not say "running" (or "completed") when saving failed
+            return write(*args)
+        except Exception as exc:
+            if not guards.is_disk_fault(exc):
+                raise
+            problem = problem or exc
+            return None
+
+    records = read_metrics(output_dir)
+    files.append(attempt(plot_loss, output_dir, records) or "")
+    files.append(attempt(write_samples, output_dir, stash.get(EVAL_SAMPLES)) or "")
+    manifest.metrics = summarize(records)
+    recorded = True
+    try:
+        manifest.finish(status, manifest.metrics, [f for f in files if f])
+    except Exception as exc:
+        if not guards.is_disk_fault(exc):
             raise
-        finally:
-            if main_process and manifest is not None:
-                records = read_metrics(output_dir)
-                files.append(plot_loss(output_dir, records) or "")
-                files.append(write_samples(output_dir, stash.get(EVAL_SAMPLES)) or "")
-                manifest.metrics = summarize(records)
-                manifest.finish(status, manifest.metrics, [f for f in files if f])
-                write_pages(output_dir)  # report.html and the model card README.md (replacing peft's); never fails the run
-                record_files(output_dir)  # the folder's contents are ftcore's: what --overwrite may delete
+        problem, recorded = exc, False
+    attempt(write_pages, output_dir)  # report.html and the model card README.md (replacing peft's)
+    attempt(record_files, output_dir)  # the folder's contents are ftcore's: what --overwrite may delete
+    if problem is None:
+        return
+    note = (f'run.json still says "running" (it could not be rewritten: '
+            f'{getattr(problem, "strerror", None) or problem}); this run {status}' if not recorded else None)
+    if ending is None and recorded:  # loss.png, the report: the model and run.json are written
+        reason = getattr(problem, "strerror", None) or problem
+        log.warning(f"notice: could not write everything in {output_dir}: {reason}")
+        return
+    if ending is None:  # the run itself succeeded: run.json could not say so
+        failure = guards.save_failed(problem, output_dir)
+        if note:
+            failure.args = (f"{failure.args[0]}; {note}",)
+        raise failure from problem
+    if note and isinstance(ending, FtcoreError) and len(ending.args) == 1 and isinstance(ending.args[0], str):
+        ending.args = (f"{ending.args[0]}; {note}",)
+    elif note:
+        log.warning(f"notice: {note}")
 
 
 def _save_final(trainer, output_dir: Path, main_process: bool) -> None:

@@ -113,6 +113,7 @@ def training_arguments(recipe, output_dir, n_train: int, has_eval: bool, precisi
         "fp16": precision == "fp16",
         "logging_steps": recipe.logging_steps,
         "logging_first_step": True,
+        "logging_nan_inf_filter": False,  # a NaN loss is logged as NaN (not the running mean): the watchdog sees it
         "seed": recipe.seed,
         "train_sampling_strategy": "group_by_length" if recipe.group_by_length else "random",
         "remove_unused_columns": False,
@@ -245,6 +246,13 @@ def _trainer_class():
                                                   best_model_checkpoint=self.state.best_model_checkpoint,
                                                   use_mtime=True)
             self.accelerator.wait_for_everyone()
+
+        def _run_epoch(self, *args, **kwargs):
+            # resumed from a checkpoint of the last step: Trainer would take one step more (max_steps + 1)
+            if 0 < self.state.max_steps <= self.state.global_step:
+                self.control.should_training_stop = True
+                return None
+            return super()._run_epoch(*args, **kwargs)
 
         def _save(self, output_dir=None, state_dict=None):
             super()._save(output_dir, state_dict)

@@ -88,6 +88,7 @@ def test_a_partial_checkpoint_is_never_resumed_and_another_recipe_is_refused(tmp
     out = tmp_path / "run"
     _run(out, "max_steps=4", "save_steps=2")
     (out / "checkpoint-4").rename(out / "keep")  # the newest complete one is now checkpoint-2
+    (out / "adapter_model.safetensors").unlink()  # as if killed before the end: a completed run is not resumed
     broken = out / "checkpoint-3"
     broken.mkdir()
     (broken / "adapter_model.safetensors").write_bytes(b"half")  # a save killed before its trainer state
@@ -95,6 +96,7 @@ def test_a_partial_checkpoint_is_never_resumed_and_another_recipe_is_refused(tmp
     resumed = _run(out, "max_steps=4", "save_steps=2", "--resume")
     assert "resuming from checkpoint-2 (step 2" in resumed.stdout
     assert not broken.exists() and not (out / ".partial-checkpoint-5").exists()
+    (out / "adapter_model.safetensors").unlink()  # not completed (the resume above completed it)
     refused = _run(out, "max_steps=4", "save_steps=2", "learning_rate=1e-3", "--resume", check=False)
     assert refused.returncode == 2
     assert "written by a different recipe" in refused.stderr and "learning_rate" in refused.stderr

@@ -33,6 +33,9 @@ def handle(args) -> int:
         args.overrides = [*args.overrides, "resume_from_checkpoint=auto"]
     recipe, raw, skipped = load_recipe(args)
     check_output_dir(Path(recipe.output_dir), args.overwrite, resume=recipe.resume_from_checkpoint)
+    from ftcore.checkpoints import check_resumable
+
+    check_resumable(Path(recipe.output_dir), recipe, args.overwrite)  # --resume: not a completed run, not a stranger's
     problems = path_problems(recipe)
     if problems:
         raise RecipeError(problems, source=raw.source)
