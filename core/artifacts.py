@@ -286,6 +286,24 @@ _DTYPE_BYTES = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "int8":
 ADAPTER_FRACTION = 0.1  # an adapter checkpoint (weights + optimizer states) as a share of the base model's files
 
 
+def _model_folder(base: str) -> Path | None:
+    """The folder holding the base model's files: a local folder, or a Hub id's snapshot in the Hugging Face
+    cache (a Hub id not cached yet: None, its size is not known before it downloads)."""
+    folder = Path(base).expanduser()
+    if folder.is_dir():
+        return folder
+    from ftcore.hub import cached
+
+    if not base or "/" not in base or not cached(base, "model"):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(base, local_files_only=True))
+    except Exception:  # noqa: BLE001 - a partial or odd cache entry: no estimate, never a failure
+        return None
+
+
 def _files_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin"))
 
@@ -311,7 +329,8 @@ def _saves_kept(recipe) -> int:
 
 
 def estimate_run_bytes(recipe) -> tuple[int, int, int] | None:
-    """(one checkpoint, checkpoints kept, the final model) in bytes; None when the base model is not a local folder.
+    """(one checkpoint, checkpoints kept, the final model) in bytes; None when the base model's files are not
+    here (neither a local folder nor a Hub id in the Hugging Face cache).
 
     Full fine-tuning: a checkpoint is the weights (the model files' size) plus two fp32 optimizer states per
     parameter (parameters = file size / bytes per parameter of config.json's dtype), without them under
@@ -319,8 +338,8 @@ def estimate_run_bytes(recipe) -> tuple[int, int, int] | None:
     checkpoint and for the final adapter (an adapter of rank 64 on every linear layer with its optimizer
     states stays below that).
     """
-    folder = Path(str(recipe.base_model or "")).expanduser()
-    if not folder.is_dir():
+    folder = _model_folder(str(recipe.base_model or ""))
+    if folder is None:
         return None
     weights = _files_size(folder)
     if not weights:

@@ -297,3 +297,25 @@ def test_the_size_estimate(tmp_path):
     adapter = load_recipe({**base, "adapter": "lora", "save_steps": 50, "max_steps": 100})
     assert estimate_run_bytes(adapter) == (int(0.4 * mb), 2, int(0.4 * mb))
     assert estimate_run_bytes(load_recipe({**base, "base_model": "owner/model"})) is None
+
+
+def test_the_size_estimate_reads_a_hub_id_from_the_hugging_face_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from ftcore.artifacts import estimate_run_bytes
+    from ftcore.testing import load_recipe
+
+    mb = 1024 * 1024
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--owner--model" / "snapshots" / ("a" * 40)
+    snapshot.parent.mkdir(parents=True)
+    _fake_model(snapshot, 4, dtype="bfloat16")
+    (cache / "models--owner--model" / "refs").mkdir()
+    (cache / "models--owner--model" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    recipe = load_recipe({"base_model": "owner/model", "datasets": [{"path": "d.jsonl", "type": "alpaca"}],
+                          "save_steps": 10, "max_steps": 100, "save_total_limit": 3})
+    assert estimate_run_bytes(recipe) == (20 * mb, 3, 4 * mb)
+    other = load_recipe({"base_model": "owner/other", "datasets": [{"path": "d.jsonl", "type": "alpaca"}]})
+    assert estimate_run_bytes(other) is None  # not cached: its size is not known before it downloads
