@@ -72,6 +72,7 @@ from ftcore.stash import (ADAPTER_SCOPE, ADAPTER_TARGETS, EVAL_SAMPLES, FROZEN_M
 from ftcore.train import trainer_kwargs
 from ftcore.trained import Trained, load_trained
 from ftcore.trained import RunState, require_base, run_state  # is a run folder finished (eval, generate, chat, merge)
+from ftcore.guards import SIGNAL_EXIT, launcher_signals  # a launcher's Ctrl-C / SIGTERM (distributed plugin)
 
 __all__ = [  # FtcoreTrainer is loaded on first use (__getattr__ below)
     "__version__", "ADAPTER_SCOPE", "ADAPTER_TARGETS", "ALPACA_PREAMBLE", "ALPACA_PREAMBLE_WITH_INPUT",

@@ -207,3 +207,144 @@ def test_a_full_disk_during_a_checkpoint_save_is_one_clear_error_and_the_previou
         assert json.loads(run.read_text())["status"] == "failed"
     finally:
         subprocess.run(["umount", "-l", str(disk)])
+
+
+# ── several processes (WORLD_SIZE > 1): one request counted once, a grace period, the launcher's side ──
+
+
+def test_with_several_processes_the_copies_of_one_request_count_once_and_a_later_ctrl_c_stops_at_once(monkeypatch):
+    from ftcore import guards
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv(guards.STOP_FILE, raising=False)
+    monkeypatch.setattr(guards, "SAME_REQUEST", 0.3)
+    with guards.signals() as stop:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # the terminal's copy
+            time.sleep(0.05)
+            assert stop.signal == signal.SIGINT and stop._timer is not None  # the grace period runs
+            os.kill(os.getpid(), signal.SIGINT)  # the launcher's copy, a moment later: the same request
+            os.kill(os.getpid(), signal.SIGTERM)  # another kind (the scheduler's): the same request
+            time.sleep(0.05)
+            time.sleep(0.3)
+            with pytest.raises(KeyboardInterrupt):  # a Ctrl-C later than that: stop at once
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.1)
+        finally:
+            stop.disarm()  # the test process must not exit when its 5 s are up
+
+
+def test_at_the_agreed_step_every_process_stops_for_the_same_signal_and_the_grace_period_ends(monkeypatch):
+    from transformers import TrainerControl, TrainerState
+
+    from ftcore import guards
+
+    stop = guards.StopRequested()
+    guard = guards.callback(stop)
+    monkeypatch.setattr(guards, "_shared", lambda signum: int(signal.SIGTERM))  # another process was told
+    stop.arm(30, 143, "test")
+    control, state = TrainerControl(), TrainerState()
+    state.global_step = 4
+    guard.on_step_end(None, state, control)
+    assert stop.signal == signal.SIGTERM and stop._timer is None
+    assert control.should_save and control.should_training_stop and guard.stopped_at == 4
+
+
+def test_only_rank_0_says_how_to_resume_with_the_launchers_command(monkeypatch, tmp_path):
+    from ftcore import guards
+
+    stop = guards.StopRequested()
+    stop.signal = signal.SIGTERM
+    monkeypatch.setenv(guards.RESUME_COMMAND, "ftcore run r.yaml --nproc 2 --resume")
+    monkeypatch.setenv("RANK", "0")
+    first = guards.stopped(stop, tmp_path, 3)
+    assert first.exit_code == 143 and not first.quiet
+    assert str(first).endswith("Resume with: ftcore run r.yaml --nproc 2 --resume")
+    monkeypatch.setenv("RANK", "1")
+    other = guards.stopped(stop, tmp_path, 3)
+    assert other.exit_code == 143 and other.quiet and "Resume with" not in str(other)
+
+
+WORKER = '''
+import os, signal, sys, time
+from ftcore import guards
+with guards.signals() as stop:
+    os.kill(os.getpid(), signal.SIGTERM)
+    end = time.monotonic() + float(sys.argv[1])
+    while time.monotonic() < end and stop.signal is None:
+        time.sleep(0.01)
+    print("asked", stop.signal, flush=True)
+    time.sleep(float(sys.argv[2]))  # a peer that never comes: the step does not end
+print("done", flush=True)
+'''
+
+
+@pytest.mark.parametrize("marked, grace, code, said", [
+    ("missing", "20", -signal.SIGTERM, ""),  # ftcore's launcher ending the run after a failure: at once
+    ("written", "0.5", 143, "asked 15"),  # a request that the launcher marked; no peer: out after the grace
+    (None, "0.5", 143, "asked 15"),  # another launcher: every signal is a request
+])
+def test_a_worker_tells_a_stop_request_from_the_launcher_ending_the_run_and_never_waits_past_the_grace(
+        tmp_path, marked, grace, code, said):
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1", "FTCORE_STOP_GRACE": grace}
+    env.pop("FTCORE_STOP_FILE", None)
+    if marked:
+        env["FTCORE_STOP_FILE"] = str(tmp_path / "stop")
+        if marked == "written":
+            (tmp_path / "stop").write_text("15")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", WORKER, "3", "30"], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert done.returncode == code, done.stdout + done.stderr
+    assert time.monotonic() - started < 15
+    assert done.stdout.strip() == said
+    if code == 143:
+        assert "FTCORE_STOP_GRACE" in done.stderr and "exits now" in done.stderr
+
+
+LAUNCHER = '''
+import json, os, signal, subprocess, sys, time
+from ftcore import guards
+CHILD = """
+import os, signal, sys, time
+def handler(signum, frame):
+    marked = os.path.exists(os.environ["FTCORE_STOP_FILE"])
+    print(signum, marked, os.environ["FTCORE_RESUME_COMMAND"], flush=True)
+    time.sleep(0.5)  # finishing the step and saving
+    os._exit(143)
+signal.signal(signal.SIGTERM, handler)
+print("ready", flush=True)
+time.sleep(60)
+"""
+sys.argv = ["ftcore", "run", "r.yaml", "--nproc=2", "--overwrite"]
+with guards.launcher_signals(lambda signum: RuntimeError("before start")) as stop:
+    children = [subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True,
+                                 start_new_session=True) for _ in range(2)]
+    for child in children:
+        assert child.stdout.readline() == "ready\\n"
+    started = time.monotonic()
+    os.kill(os.getpid(), signal.SIGTERM)  # returns when both children have exited
+    waited = time.monotonic() - started
+    codes = [child.wait() for child in children]  # still the launcher's to collect
+    lines = [child.stdout.read().strip() for child in children]
+print(json.dumps({"signal": stop.signal, "codes": codes, "lines": lines, "waited": waited,
+                  "left": "FTCORE_STOP_FILE" in os.environ}))
+try:
+    with guards.launcher_signals(lambda signum: RuntimeError(f"before start {signum}")):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+except RuntimeError as exc:
+    print(exc)
+'''
+
+
+def test_the_launcher_marks_the_request_passes_it_on_once_and_waits_for_every_worker(tmp_path):
+    done = subprocess.run([sys.executable, "-c", LAUNCHER], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result, before = done.stdout.strip().splitlines()
+    result = json.loads(result)
+    assert result["signal"] == signal.SIGTERM and result["codes"] == [143, 143]
+    assert result["lines"] == ["15 True ftcore run r.yaml --nproc=2 --resume"] * 2
+    assert result["waited"] >= 0.5 and not result["left"]
+    assert before == f"before start {int(signal.SIGINT)}"

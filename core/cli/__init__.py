@@ -119,7 +119,8 @@ def main(argv=None) -> int:
         if isinstance(exc, RecipeError) and _LOADED and exc.source in (None, _LOADED[-1].source):
             exc = _naming_overrides(exc, _LOADED[-1])  # a path check after loading: an override still says so
 
-        print(f"error: {redact(str(exc))}", file=sys.stderr)  # a secret read from the environment stays unsaid
+        if not getattr(exc, "quiet", False):  # quiet: another process (rank 0) says it for the run
+            print(f"error: {redact(str(exc))}", file=sys.stderr)  # a secret read from the environment stays unsaid
         return exc.exit_code
     except KeyboardInterrupt:
         if debug:

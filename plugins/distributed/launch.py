@@ -17,6 +17,14 @@ When a process dies, the agent stops the others (SIGTERM, then SIGKILL) and
 ftcore prints which rank failed and how, and exits non-zero: a dead rank ends
 the run within seconds instead of leaving the others waiting on a collective
 until ``ddp_timeout``.
+
+Ctrl-C or SIGTERM to ``ftcore run --nproc N`` (or to all its processes, as
+SLURM sends it) is a stop request, not a failure: this process, not the agent,
+handles both (``guards.launcher_signals``). It marks the request, passes it on
+to every worker once and waits for them: they finish the current step, agree on
+it, rank 0 writes the checkpoint and prints the resume command, and ftcore
+exits 130 (Ctrl-C) or 143 (SIGTERM). A SIGTERM the agent sends after a failure
+carries no mark: the workers end at once, as before.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import signal
 from contextlib import contextmanager
 from typing import Literal, get_args
 
-from ftcore.api import FtcoreError, Plan, get_logger
+from ftcore.api import SIGNAL_EXIT, FtcoreError, Plan, get_logger, launcher_signals
 
 log = get_logger(__name__)
 
@@ -137,14 +145,38 @@ def _torchrun(plan: Plan, command: list[str]) -> int:
 
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, plan.nproc))))
     config, entrypoint, arguments = config_from_args(get_args_parser().parse_args(torchrun_argv(plan, command)))
+    config.signals_to_handle = "SIGHUP,SIGQUIT"  # SIGINT and SIGTERM are ftcore's: a stop request (guards)
+
+    def before_start(signum):
+        return SignalException(f"got signal {signum}", signal.Signals(signum))
+
+    stop = None
     try:
-        with _quiet_agent():
+        with _quiet_agent(), launcher_signals(before_start) as stop:
             elastic_launch(config=config, entrypoint=entrypoint)(*arguments)
     except ChildFailedError as exc:
+        if stopped_on_request(stop, exc.failures):
+            return SIGNAL_EXIT[stop.signal]  # rank 0 said where the checkpoint is and how to resume
         raise LaunchError(failure_message(exc.failures, plan)) from None
     except SignalException as exc:
+        if stop is not None and stop.signal is not None:  # before any process started: nothing to save
+            return SIGNAL_EXIT[stop.signal]
         raise LaunchError(f"the launcher received {exc.sigval.name}; every training process was stopped") from None
-    return 0
+    return 0  # also after a signal that came when every process had finished: the run is complete
+
+
+# How a process ends when asked to stop: it saved and stopped (130, 143); it was killed by the signal before
+# its training began, or after a second Ctrl-C (by the signal, or SIGKILL when it did not stop at once).
+STOP_EXITS = {130, 143, -signal.SIGINT, -signal.SIGTERM, -signal.SIGKILL}
+
+
+def stopped_on_request(stop, failures: dict) -> bool:
+    """True when the launcher was asked to stop and every process ended as a stop request ends it."""
+    if stop is None or stop.signal is None:
+        return False
+    if any(f.exitcode == -signal.SIGKILL for f in failures.values()) and not getattr(stop, "at_once", False):
+        return False  # killed from outside (out of memory) while stopping
+    return all(f.exitcode in STOP_EXITS for f in failures.values())
 
 
 def failure_message(failures: dict, plan: Plan) -> str:
