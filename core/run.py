@@ -268,6 +268,10 @@ def _save_final(trainer, output_dir: Path, main_process: bool) -> None:
 class Interrupted(FtcoreError):
     exit_code = 130
 
+    def __init__(self, message):
+        super().__init__(message)
+        self.quiet = int(os.environ.get("RANK", "0")) != 0  # with several processes, rank 0 says it once
+
 
 def _evaluated_last_step(trainer) -> bool:
     """True when an evaluation was logged at the final step (the trainer's summary comes after it)."""
