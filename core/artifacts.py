@@ -54,8 +54,12 @@ def _write_marker(path: Path, data: dict) -> None:
     tmp.replace(path / MARKER)
 
 
+WRITE_TEST = ".ftcore-write-test-"  # check_writable's probe file: another process of the run may have one there
+
+
 def _user_entries(path: Path) -> list[Path]:
-    return [p for p in path.iterdir() if p.name not in OWN and p.name != MARKER + ".tmp"]
+    return [p for p in path.iterdir()
+            if p.name not in OWN and p.name != MARKER + ".tmp" and not p.name.startswith(WRITE_TEST)]
 
 
 def _runs_inside(path: Path) -> list[str]:
@@ -274,7 +278,7 @@ def check_writable(path) -> None:
 
     where = _nearest_existing(Path(path))
     try:
-        fd, name = tempfile.mkstemp(prefix=".ftcore-write-test-", dir=where)
+        fd, name = tempfile.mkstemp(prefix=WRITE_TEST, dir=where)
         os.close(fd)
         os.unlink(name)
     except OSError as exc:

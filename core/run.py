@@ -50,9 +50,10 @@ def run(recipe, plugins, overwrite: bool = False) -> RunResult:
 
 def _run(recipe, plugins, overwrite) -> RunResult:
     output_dir = Path(recipe.output_dir)
-    check_output_dir(output_dir, overwrite, resume=recipe.resume_from_checkpoint)
-    checkpoints.check_resumable(output_dir, recipe, overwrite)  # --resume: not a completed run, not a stranger's
-    preflight(output_dir, recipe, overwrite)  # writable, room for the checkpoints (the CLI checked it already)
+    if int(os.environ.get("RANK", "0")) == 0:  # one process decides: the others would see its first files
+        check_output_dir(output_dir, overwrite, resume=recipe.resume_from_checkpoint)
+        checkpoints.check_resumable(output_dir, recipe, overwrite)  # --resume: not a completed run, not a stranger's
+        preflight(output_dir, recipe, overwrite)  # writable, room for the checkpoints (the CLI checked it already)
     held = lock_output_dir(output_dir)  # one run per folder, for API callers too (re-entrant under the CLI)
     held.__enter__()
     stash = Stash()

@@ -319,3 +319,16 @@ def test_the_size_estimate_reads_a_hub_id_from_the_hugging_face_cache(tmp_path, 
     assert estimate_run_bytes(recipe) == (20 * mb, 3, 4 * mb)
     other = load_recipe({"base_model": "owner/other", "datasets": [{"path": "d.jsonl", "type": "alpaca"}]})
     assert estimate_run_bytes(other) is None  # not cached: its size is not known before it downloads
+
+
+def test_another_processs_write_probe_does_not_make_the_folder_a_strangers(tmp_path):
+    # two ranks start at once: one's check_writable probe was seen by the other as a file ftcore did not write
+    from ftcore.artifacts import WRITE_TEST, check_output_dir
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / f"{WRITE_TEST}abc123").write_text("")
+    check_output_dir(out, overwrite=False, resume=None)  # no error: the folder is as good as empty
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(Exception, match="ftcore did not write it"):
+        check_output_dir(out, overwrite=False, resume=None)

@@ -32,16 +32,22 @@ def handle(args) -> int:
     if args.resume:
         args.overrides = [*args.overrides, "resume_from_checkpoint=auto"]
     recipe, raw, skipped = load_recipe(args)
-    check_output_dir(Path(recipe.output_dir), args.overwrite, resume=recipe.resume_from_checkpoint)
-    from ftcore.checkpoints import check_resumable
+    import os
 
-    check_resumable(Path(recipe.output_dir), recipe, args.overwrite)  # --resume: not a completed run, not a stranger's
+    # the launching process and rank 0 check the folder; another rank could see rank 0's first files as a stranger's
+    first = int(os.environ.get("RANK", "0")) == 0
+    if first:
+        check_output_dir(Path(recipe.output_dir), args.overwrite, resume=recipe.resume_from_checkpoint)
+        from ftcore.checkpoints import check_resumable
+
+        check_resumable(Path(recipe.output_dir), recipe, args.overwrite)  # --resume: not a completed run, not a stranger's
     problems = path_problems(recipe)
     if problems:
         raise RecipeError(problems, source=raw.source)
-    from ftcore.artifacts import preflight
+    if first:
+        from ftcore.artifacts import preflight
 
-    preflight(Path(recipe.output_dir), recipe, args.overwrite)  # writable, room for the checkpoints: before anything loads
+        preflight(Path(recipe.output_dir), recipe, args.overwrite)  # writable, room for the checkpoints: before anything loads
     from ftcore import launch
     from ftcore.artifacts import lock_for_processes, lock_output_dir
     from ftcore.hooks import launch_processes
