@@ -116,7 +116,6 @@ def signals():
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
-    previous = {sig: signal.getsignal(sig) for sig in SIGNAL_EXIT}
     marker = os.environ.get(STOP_FILE)
 
     def handler(signum, frame):
@@ -143,15 +142,25 @@ def signals():
         raise KeyboardInterrupt
 
     stop.at_once = False
+    try:
+        with _handling(handler):
+            yield stop
+    finally:
+        if not stop.at_once:
+            stop.disarm()  # the run got past its training and saving: nothing more to wait for
+
+
+@contextmanager
+def _handling(handler):
+    """``handler`` for SIGINT and SIGTERM while the block runs; the previous handlers come back after."""
+    previous = {sig: signal.getsignal(sig) for sig in SIGNAL_EXIT}
     for sig in SIGNAL_EXIT:
         signal.signal(sig, handler)
     try:
-        yield stop
+        yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-        if not stop.at_once:
-            stop.disarm()  # the run got past its training and saving: nothing more to wait for
 
 
 def _shared(signum) -> int:
@@ -194,7 +203,6 @@ def launcher_signals(before_start: Callable[[int], BaseException]):
     env = {STOP_FILE: marker, RESUME_COMMAND: resume_command()}
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
-    previous = {sig: signal.getsignal(sig) for sig in SIGNAL_EXIT}
     workers: list[int] = []
 
     def handler(signum, frame):
@@ -218,13 +226,10 @@ def launcher_signals(before_start: Callable[[int], BaseException]):
             _send(_alive(workers), signal.SIGKILL)
 
     state.at_once = False
-    for sig in SIGNAL_EXIT:
-        signal.signal(sig, handler)
     try:
-        yield state
+        with _handling(handler):
+            yield state
     finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
