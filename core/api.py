@@ -47,6 +47,11 @@ Trained runs
     (model, tokenizer, recipe, run_dir, stash, processor, label): a run folder's model for inference
     ``run_state(run_dir)`` -> ``RunState`` (status, problem, advice, has_model; ``need_model()``, ``check()``);
     ``require_base(key, model)``: one clear line when a base model Hub id is needed offline
+Commands, recipes and models (for plugins that add commands)
+    ``load_recipe(source, overrides, plugins)`` -> ``(Recipe, RawRecipe)``: validated, as ``ftcore run`` reads it
+    (a path, a registered name or a pinned URL; ``key=value`` overrides; the recipe's ``plugins:`` join ``plugins``);
+    ``registered_recipes(plugins)`` -> ``{name: (path, PluginInfo)}``;
+    ``ModelFacts``, ``registered_models(plugins)`` -> ``{model_id: ModelFacts}``, ``model_facts(plugins, model_id)``
 """
 
 from __future__ import annotations
@@ -87,6 +92,23 @@ __all__ = [  # FtcoreTrainer is loaded on first use (__getattr__ below)
 ]
 
 __all__ += ["RunState", "require_base", "run_state"]  # what a run folder's run.json says, in words
+
+from ftcore.hooks import ModelFacts, model_facts, registered_models, registered_recipes  # noqa: E402
+
+
+def load_recipe(source, overrides=(), plugins=None):
+    """``(Recipe, RawRecipe)``: ``source`` read and validated as ``ftcore run`` reads it; errors are ``RecipeError``."""
+    from ftcore.cli import load
+
+    if plugins is None:
+        from ftcore.plugins_manager import load_plugins
+
+        plugins = load_plugins()
+    recipe, raw, _skipped = load(source, overrides, plugins)
+    return recipe, raw
+
+
+__all__ += ["load_recipe", "ModelFacts", "model_facts", "registered_models", "registered_recipes"]
 
 
 def __getattr__(name):

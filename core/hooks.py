@@ -7,6 +7,8 @@ only ever calls these.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 from pydantic import BaseModel
 
 from ftcore.errors import MissingPluginError, PluginError
@@ -103,6 +105,52 @@ def chosen_evaluators(plugins, recipe) -> dict:
 
 def named_recipes(plugins) -> dict:
     return {name: path for name, (path, _) in plugins.collect("register_recipes", "recipe").items()}
+
+
+def registered_recipes(plugins) -> dict:
+    """``{name: (path, PluginInfo)}``: every recipe registered by name, with the plugin that ships it."""
+    return {name: (path, plugins.info[plugin])
+            for name, (path, plugin) in plugins.collect("register_recipes", "recipe").items()}
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a plugin registered about one Hub model (``register_models``); ``plugin`` is who registered it."""
+
+    model_id: str
+    family: str
+    task: str  # "chat", "code" or "vision"
+    size: str  # as people say it: "8B", "11B Vision"
+    parameters: int  # the published count
+    license: str
+    license_url: str
+    gated: bool  # the Hub asks you to accept the license before downloading
+    config: dict  # the model's config.json content
+    notes: str = ""
+    plugin: str = ""
+
+
+TASKS = ("chat", "code", "vision")
+
+
+def registered_models(plugins) -> dict:
+    """``{model_id: ModelFacts}`` from every plugin's ``register_models``; bad facts are the plugin's error."""
+
+    def make(family, task, size, parameters, license, license_url, gated, config, notes=""):
+        if task not in TASKS or not isinstance(config, dict) or not isinstance(parameters, int):
+            raise TypeError(f"task must be one of {', '.join(TASKS)}, config a dict, parameters an int")
+        return ModelFacts("", family, task, size, parameters, license, license_url, bool(gated), config, notes)
+
+    return {model_id: replace(facts, model_id=model_id, plugin=plugin)
+            for model_id, (facts, plugin) in plugins.collect("register_models", "model", make=make).items()}
+
+
+def model_facts(plugins, model_id) -> ModelFacts | None:
+    """The registered facts of ``model_id`` (a Hub id, any case), or None."""
+    if not isinstance(model_id, str):
+        return None
+    wanted = model_id.strip().rstrip("/").lower()
+    return next((facts for name, facts in registered_models(plugins).items() if name.lower() == wanted), None)
 
 
 def commands(plugins) -> dict:

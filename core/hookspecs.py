@@ -10,7 +10,7 @@ each implementation itself to name the plugin when one fails.
 When the hooks fire (docs/hooks.md has the same picture, kept equal by a test)::
 
     start-up  ─ recipe_keys, recipe_sections, register_adapters,
-                register_recipes, register_commands,
+                register_recipes, register_models, register_commands,
                 register_dataset_formats, register_content_parts,
                 register_chat_templates, register_evaluators   (registrations, collected once)
     recipe    ─ validate_recipe                                 (after the schema)
@@ -144,6 +144,28 @@ def register_recipes(register: Register) -> None:
     Called once at start-up; ``extends: my-recipe`` finds them too.
 
     :param register: ``register(name, path)``: ``path`` is a YAML file.
+    :return: ``None``.
+    """
+
+
+@hookspec
+def register_models(register: Register) -> None:
+    """Describe models by their Hub id: architecture, size, license, gating, task.
+
+    Called once at start-up. ``ftcore estimate`` works out memory from these
+    facts without downloading anything, ``ftcore init`` picks a model from
+    them, ``ftcore recipes show`` prints the license, and ``--dry-run`` builds
+    a tiny model of the same architecture. A plugin for a new model family
+    registers its models here; ``ftcore.api.registered_models(plugins)`` and
+    ``ftcore.api.model_facts(plugins, model_id)`` read them back.
+
+    :param register: ``register(model_id, *, family, task, size, parameters,
+        license, license_url, gated, config, notes="")``: ``task`` is
+        ``"chat"``, ``"code"`` or ``"vision"``; ``parameters`` the published
+        count; ``config`` the model's ``config.json`` content (what the
+        architecture needs: ``model_type``, ``architectures``, sizes, vocabulary,
+        rope settings; nested ``text_config``/``vision_config`` where the
+        model has them).
     :return: ``None``.
     """
 

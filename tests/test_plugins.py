@@ -1171,3 +1171,76 @@ def test_plugin_rules_run_on_a_valid_section(tmp_path):
         lax: {level: 3}
         """, tmp_path)
     assert recipe.section("lax").level == 3 and plugin.checked == [3]
+
+
+# ── register_models: facts about Hub models, read back through ftcore.api ─────
+
+
+def _facts(**changes):
+    facts = dict(family="Tiny", task="chat", size="1M", parameters=1_000_000, license="MIT",
+                 license_url="https://example.org/license", gated=False,
+                 config={"model_type": "llama", "architectures": ["LlamaForCausalLM"]})
+    return {**facts, **changes}
+
+
+def test_a_plugin_registers_models_and_the_api_reads_them_back():
+    from ftcore import api, hookimpl
+    from ftcore.testing import fresh_plugins
+
+    class Tiny:
+        @hookimpl
+        def register_models(self, register):
+            register("org/Tiny-1M", **_facts(notes="for tests"))
+
+    plugins = fresh_plugins(("tiny-models", Tiny()))
+    facts = api.registered_models(plugins)["org/Tiny-1M"]
+    assert (facts.model_id, facts.task, facts.parameters, facts.gated, facts.plugin) == \
+        ("org/Tiny-1M", "chat", 1_000_000, False, "tiny-models")
+    assert api.model_facts(plugins, "ORG/tiny-1m/") == facts  # any case, a trailing slash
+    assert api.model_facts(plugins, "org/Other") is None
+    assert api.model_facts(plugins, None) is None
+
+
+@pytest.mark.parametrize("bad", [dict(task="poetry"), dict(config="llama"), dict(parameters="1M"), dict(colour="red")])
+def test_bad_model_facts_are_the_registering_plugins_error(bad):
+    from ftcore import api, hookimpl
+    from ftcore.errors import PluginError
+    from ftcore.testing import fresh_plugins
+
+    class Bad:
+        @hookimpl
+        def register_models(self, register):
+            register("org/Bad", **_facts(**bad))
+
+    plugins = fresh_plugins(("bad-models", Bad()))
+    with pytest.raises(PluginError, match="'bad-models'.*register_models"):
+        api.registered_models(plugins)
+
+
+def test_the_same_model_registered_twice_names_both_plugins():
+    from ftcore import api, hookimpl
+    from ftcore.errors import PluginError
+    from ftcore.testing import fresh_plugins
+
+    class One:
+        @hookimpl
+        def register_models(self, register):
+            register("org/Same", **_facts())
+
+    plugins = fresh_plugins(("one", One()), ("two", One()))
+    with pytest.raises(PluginError, match="'one'.*'two'|'two'.*'one'"):
+        api.registered_models(plugins)
+
+
+def test_load_recipe_in_the_api_reads_as_run_does(tmp_path):
+    from ftcore import api
+    from ftcore.errors import RecipeError
+
+    recipe, raw = api.load_recipe("quickstart", ["learning_rate=0.5"])
+    assert recipe.learning_rate == 0.5 and raw.path.name == "quickstart.yaml"
+    with pytest.raises(RecipeError, match="learnin_rate"):
+        api.load_recipe("quickstart", ["learnin_rate=0.5"])
+    from ftcore.testing import fresh_plugins
+
+    path, info = api.registered_recipes(fresh_plugins())["quickstart"]
+    assert path.endswith("quickstart.yaml") and info.name == "recipes"

@@ -141,14 +141,19 @@ _LOADED: list = []  # the raw recipe the running command loaded, so later errors
 
 def load_recipe(args):
     """The validated recipe from ``args.recipe`` and ``args.overrides``; also returns skipped plugins."""
+    return load(args.recipe, args.overrides, args.plugins)
+
+
+def load(source, overrides, plugins):
+    """``(recipe, raw, skipped plugins)``: a recipe read as ``ftcore run`` reads it (``ftcore.api.load_recipe``)."""
     from ftcore.hooks import named_recipes
     from ftcore.recipe import load_raw, validate
 
-    raw = load_raw(args.recipe, args.overrides, named_recipes(args.plugins))
+    raw = load_raw(source, list(overrides or ()), named_recipes(plugins))
     _LOADED[:] = [raw]
     try:
-        skipped = args.plugins.add_recipe_plugins(raw.data.get("plugins"), validate_first=lambda: validate(raw, args.plugins))
-        return validate(raw, args.plugins), raw, skipped
+        skipped = plugins.add_recipe_plugins(raw.data.get("plugins"), validate_first=lambda: validate(raw, plugins))
+        return validate(raw, plugins), raw, skipped
     except RecipeError as exc:
         raise _naming_overrides(exc, raw) from None
 
