@@ -146,10 +146,10 @@ def load_recipe(args):
 
 def load(source, overrides, plugins):
     """``(recipe, raw, skipped plugins)``: a recipe read as ``ftcore run`` reads it (``ftcore.api.load_recipe``)."""
-    from ftcore.hooks import named_recipes
+    from ftcore.hooks import registered_recipes
     from ftcore.recipe import load_raw, validate
 
-    raw = load_raw(source, list(overrides or ()), named_recipes(plugins))
+    raw = load_raw(source, list(overrides or ()), registered_recipes(plugins))  # {name: (path, PluginInfo)}: errors name the package
     _LOADED[:] = [raw]
     try:
         skipped = plugins.add_recipe_plugins(raw.data.get("plugins"), validate_first=lambda: validate(raw, plugins))

@@ -43,15 +43,157 @@ def _omegaconf():
     return OmegaConf
 
 
+PLUGIN_PREFIX = "plugin:"
+REMOTE_MAX_BYTES = 1 << 20  # a recipe is a few KiB; a bigger download is refused
+REMOTE_TIMEOUT_S = 30
+_URL = re.compile(r"^https?://", re.IGNORECASE)
+_PIN = re.compile(r"sha256=([0-9a-fA-F]{64})")
+_REMOTE: dict = {}  # resolved cached file -> the URL it was downloaded from (this process)
+
+
+def _registered(named_recipes) -> dict:
+    """``{name: (Path, PluginInfo or None)}`` from ``{name: path}`` or ``{name: (path, PluginInfo)}``."""
+    out = {}
+    for name, value in (named_recipes or {}).items():
+        path, info = value if isinstance(value, tuple) else (value, None)
+        out[name] = (Path(path), info)
+    return out
+
+
+def _shipped_by(info) -> str:
+    if info is None:
+        return "a plugin"
+    if info.package and info.package != "ftcore":
+        return f"package {info.package}" + (f" {info.version}" if info.version else "")
+    return "ftcore" if info.source == "builtin" else f"plugin '{info.name}'"
+
+
+def is_remote(source) -> bool:
+    return isinstance(source, str) and bool(_URL.match(source.strip()))
+
+
+def remote_url(path) -> str | None:
+    """The URL a cached recipe file came from (in this process), or None for a local file."""
+    try:
+        return _REMOTE.get(Path(path).resolve())
+    except OSError:
+        return None
+
+
+def _label(path: Path) -> str:
+    return remote_url(path) or str(path)
+
+
+def recipe_cache() -> Path:
+    """Where pinned remote recipes are kept (``HEX/NAME.yaml``): ``$FTCORE_CACHE/recipes`` or
+    ``~/.cache/ftcore/recipes``."""
+    import os
+
+    root = os.environ.get("FTCORE_CACHE")
+    if root:
+        return Path(root).expanduser() / "recipes"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "ftcore" / "recipes"
+
+
+def _download(url: str) -> bytes:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "ftcore"}),
+                                    timeout=REMOTE_TIMEOUT_S) as answer:
+            data = answer.read(REMOTE_MAX_BYTES + 1)
+    except urllib.error.HTTPError as exc:
+        raise RecipeError([(None, f"cannot download the recipe: HTTP {exc.code} {exc.reason}")], source=url) from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise RecipeError([(None, f"cannot download the recipe ({reason}); a pinned recipe downloaded before is "
+                                  f"read from {recipe_cache()} offline")], source=url) from None
+    if len(data) > REMOTE_MAX_BYTES:
+        raise RecipeError([(None, f"the download is larger than {REMOTE_MAX_BYTES:,} bytes: not a recipe")],
+                          source=url)
+    return data
+
+
+def _file_name(url: str) -> str:
+    from urllib.parse import unquote, urlsplit
+
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", unquote(urlsplit(url).path.rstrip("/").rpartition("/")[2])).lstrip(".")
+    name = name or "recipe.yaml"
+    return name if name.endswith((".yaml", ".yml")) else name + ".yaml"
+
+
+def fetch_remote(source: str) -> Path:
+    """A recipe URL pinned with ``#sha256=HEX``: the cached file (downloaded once, checked every time)."""
+    import hashlib
+    import os
+    import tempfile
+
+    url, _, fragment = source.strip().partition("#")
+    pin = _PIN.fullmatch(fragment)
+    if not pin:
+        try:
+            got = f"; this file's is {hashlib.sha256(_download(url)).hexdigest()}: read it, then pin it with " \
+                  f"{url}#sha256=<that hash>"
+        except RecipeError:
+            got = ""
+        raise RecipeError([(None, f"a remote recipe must be pinned by its SHA-256: {url}#sha256=<64 hex digits>"
+                                  f"{got}")], source=url)
+    want = pin.group(1).lower()
+    cached = recipe_cache() / want / _file_name(url)  # the URL's file name: output_dir defaults to ./outputs/<stem>
+    try:
+        if hashlib.sha256(cached.read_bytes()).hexdigest() == want:
+            _REMOTE[cached.resolve()] = url
+            return cached
+    except OSError:
+        pass
+    data = _download(url)
+    got = hashlib.sha256(data).hexdigest()
+    if got != want:
+        raise RecipeError([(None, f"the SHA-256 of the downloaded file is {got}, not the pinned {want}: the file "
+                                  f"changed or the pin is wrong; nothing was run. Read it, and if you trust it "
+                                  f"pin it with {url}#sha256={got}")], source=url)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{want}.", dir=cached.parent)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, cached)
+    except OSError as exc:
+        raise RecipeError([(None, f"cannot write the recipe cache {cached.parent}: {exc.strerror or exc}; set "
+                                  f"FTCORE_CACHE=<a writable folder>")], source=url) from None
+    _REMOTE[cached.resolve()] = url
+    return cached
+
+
+def _plugin_recipe(name: str, named_recipes) -> Path:
+    wanted = name[len(PLUGIN_PREFIX):].strip()
+    registered = _registered(named_recipes)
+    if wanted in registered:
+        return registered[wanted][0]
+    from ftcore.recipe.suggest import did_you_mean
+
+    listed = "; ".join(f"{n} ({_shipped_by(info)})" for n, (_, info) in sorted(registered.items())) or "none"
+    raise RecipeError([(None, f"no installed plugin registers a recipe named '{wanted}'"
+                              f"{did_you_mean(wanted, sorted(registered))}; registered recipes: {listed}")],
+                      source=name)
+
+
 def find_recipe(name: str, named_recipes: dict | None = None) -> Path:
-    """A path if it exists, else a recipe registered by a plugin under that name."""
+    """A path if it exists, else a recipe registered by a plugin under that name (``plugin:NAME``: only that),
+    else a URL pinned with ``#sha256=`` (downloaded into the cache)."""
+    if is_remote(name):
+        return fetch_remote(name)
+    if name.startswith(PLUGIN_PREFIX):
+        return _plugin_recipe(name, named_recipes)
     path = Path(name).expanduser()
     if path.is_file():
         return path
+    registered = _registered(named_recipes)
     for candidate in (name, Path(name).stem):
-        if named_recipes and candidate in named_recipes:
-            return Path(named_recipes[candidate])
-    known = sorted(named_recipes or {})
+        if candidate in registered:
+            return registered[candidate][0]
+    known = sorted(registered)
     from ftcore.recipe.suggest import did_you_mean
 
     hint = did_you_mean(name, known)
@@ -79,8 +221,19 @@ def _read_yaml(path: Path):
         raise RecipeError([(None, f"a recipe must be a mapping of keys to values, got {type(data).__name__}")], source=str(path))
     bad = list(interpolation_problems(data))
     if bad:
-        raise RecipeError(bad, source=str(path))
+        raise RecipeError(bad, source=_label(path))
+    if remote_url(path):
+        _refuse_recipe_dir(data, _label(path))
     return _substitute_recipe_dir(data, path.resolve().parent)
+
+
+def _refuse_recipe_dir(value, source: str, path: str = "") -> None:
+    """A downloaded recipe has no folder of its own: ``${recipe_dir:}`` in it (or set next to it) is refused."""
+    bad = [(key or None, "${recipe_dir:} is refused in a remote recipe (it has no folder of its own): use a path "
+                         "relative to where you run ftcore, an absolute path, or copy the recipe next to its files")
+           for key, text in _strings(value, path) if _RECIPE_DIR.search(text)]
+    if bad:
+        raise RecipeError(bad, source=source)
 
 
 def load_yaml_text(text: str, source: str):
@@ -259,23 +412,34 @@ def _load_with_extends(path: Path, named_recipes, chain: list[Path]):
     OmegaConf = _omegaconf()
     resolved = path.resolve()
     if resolved in chain:
-        cycle = " -> ".join(str(p) for p in chain + [resolved])
-        raise RecipeError([("extends", f"recipes extend each other in a cycle: {cycle}")], source=str(path))
+        cycle = " -> ".join(_label(p) for p in chain + [resolved])
+        raise RecipeError([("extends", f"recipes extend each other in a cycle: {cycle}")], source=_label(path))
     data = _read_yaml(path)
     files = [path]
     parent_name = data.pop("extends", None)
     if parent_name is None:
-        return _create(data, str(path)), files
-    if not isinstance(parent_name, str):
-        raise RecipeError([("extends", "must be a path or a recipe name (a string)")], source=str(path))
-    parent_path = path.parent / parent_name
-    if not parent_path.is_file():
+        return _create(data, _label(path)), files
+    if not isinstance(parent_name, str) or not parent_name.strip():
+        raise RecipeError([("extends", "must be a path relative to this recipe, a recipe name, plugin:NAME or a "
+                                       "URL pinned with #sha256= (a string)")], source=_label(path))
+    parent_path = None
+    if not (is_remote(parent_name) or parent_name.startswith(PLUGIN_PREFIX)):
+        if remote_url(path):  # a download has no folder: a relative (or local) path would mean this machine's files
+            registered = _registered(named_recipes)
+            if parent_name not in registered:
+                raise RecipeError([("extends", f"'{parent_name}': a remote recipe may extend only a recipe name, "
+                                               f"plugin:NAME or another pinned URL, not a path")], source=_label(path))
+            parent_path = registered[parent_name][0]  # never a file of that name in the current folder
+        elif (path.parent / parent_name).is_file():
+            parent_path = path.parent / parent_name
+    if parent_path is None:
         try:
             parent_path = find_recipe(parent_name, named_recipes)
         except RecipeError as exc:
-            raise RecipeError([("extends", message) for _, message in exc.problems], source=str(path)) from None
+            raise RecipeError([("extends", message) for _, message in exc.problems], source=_label(path)) from None
     parent, parent_files = _load_with_extends(parent_path, named_recipes, chain + [resolved])
-    return OmegaConf.merge(parent, _create(data, str(path))), parent_files + files
+    # mappings merge key by key (the child's value wins), lists and values are replaced whole (docs/recipes.md)
+    return OmegaConf.merge(parent, _create(data, _label(path))), parent_files + files
 
 
 _INDEX = re.compile(r"\[(\d+)\]")
@@ -340,6 +504,8 @@ def load_raw(source: str, overrides=(), named_recipes=None) -> RawRecipe:
     for text in overrides:
         dotted, value = parse_override(text)
         key = text.partition("=")[0]
+        if remote_url(path):
+            _refuse_recipe_dir(value, f"the command-line override '{text}'", key)
         try:
             _apply_override(cfg, dotted, _substitute_recipe_dir(value, path.resolve().parent), key)
         except OmegaConfBaseException as exc:
@@ -368,3 +534,56 @@ def _strict_loader():
     if _StrictLoader is None:
         _StrictLoader = _make_strict_loader()
     return _StrictLoader
+
+
+# ── rerunning a finished run: ``ftcore run RUN_DIR/recipe.yaml`` ──────────────
+
+
+def rerun_folder(raw: RawRecipe, output_dir) -> Path | None:
+    """The fresh folder to rerun into when ``raw`` is a run folder's ``recipe.yaml`` whose ``output_dir`` is that
+    run folder itself (and the command line set no ``output_dir=``): ``RUN_DIR-rerun``, ``-rerun-2``, ...;
+    ``None`` otherwise (train into ``output_dir`` as always)."""
+    if raw.path is None or raw.path.name != "recipe.yaml" or "output_dir" in raw.overrides or remote_url(raw.path):
+        return None
+    run_dir = raw.path.resolve().parent
+    if Path(output_dir).expanduser().resolve() != run_dir or not (run_dir / "run.json").is_file():
+        return None
+    for n in range(1, 1000):
+        candidate = run_dir.with_name(f"{run_dir.name}-rerun" + (f"-{n}" if n > 1 else ""))
+        if not candidate.exists():
+            return candidate
+    raise RecipeError([("output_dir", f"{run_dir}-rerun ... -rerun-999 all exist: set output_dir=<new folder>")],
+                      source=str(raw.path))
+
+
+def changed_data(recipe, run_dir) -> list[str]:
+    """What differs between the data files ``recipe`` reads now and the sha256 the run in ``run_dir`` recorded."""
+    import json
+
+    from ftcore.data.read import file_sha256, local_files
+    from ftcore.errors import FtcoreError
+
+    try:
+        files = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8"))["data"]["files"]
+        recorded = {str(f["path"]): f.get("sha256") for f in files if isinstance(f, dict) and f.get("sha256")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    recorded.update({str(Path(k).resolve()): v for k, v in list(recorded.items())})
+    found = []
+    for spec in [*recipe.datasets, *(getattr(recipe, "test_datasets", None) or [])]:
+        try:
+            paths = local_files(spec) or []
+        except (FtcoreError, OSError):
+            continue
+        for path in paths:
+            before = recorded.get(str(path)) or recorded.get(str(Path(path).resolve()))
+            if before is None:
+                continue
+            try:
+                now = file_sha256(Path(path))
+            except OSError:
+                found.append(f"{path}: cannot be read now (the run read sha256 {before[:12]}...)")
+                continue
+            if now != before:
+                found.append(f"{path}: sha256 {now[:12]}... now, {before[:12]}... in the run")
+    return found
