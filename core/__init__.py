@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 #: Version of the hook contract: "MAJOR.MINOR". A plugin written for the same
 #: MAJOR works; MINOR grows when hooks are added without breaking old ones.
-CONTRACT_VERSION = "1.2"
+CONTRACT_VERSION = "1.3"
 
 PROJECT = "ftcore"
 hookspec = pluggy.HookspecMarker(PROJECT)

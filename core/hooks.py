@@ -172,6 +172,15 @@ def launch_processes(plugins, recipe, plan, command):
     return code
 
 
+def dry_run(plugins, recipe, workdir, train) -> int:
+    """The exit code of ``ftcore run --dry-run``: the plugin that rehearses runs answers."""
+    code, _plugin = plugins.call_first("dry_run", recipe=recipe, workdir=workdir, train=train, plugins=plugins)
+    if code is None:
+        raise MissingPluginError("no plugin provides a dry run for this recipe (--dry-run); install or enable one "
+                                 "(the built-in planning plugin), or run without --dry-run")
+    return int(code)
+
+
 # ── the run, step by step ───────────────────────────────────────────────────
 # ``stash`` is the run's; calls outside a run (tests, ``ftcore preprocess``) may leave it out.
 

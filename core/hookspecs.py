@@ -15,6 +15,7 @@ When the hooks fire (docs/hooks.md has the same picture, kept equal by a test)::
                 register_chat_templates, register_evaluators   (registrations, collected once)
     recipe    ─ validate_recipe                                 (after the schema)
     launch    ─ launch_processes                                (ftcore run, once, before any process trains)
+              ─ dry_run                                         (ftcore run --dry-run, instead of the launch and the run)
     run       ─ run_started                                     (each process, before anything loads)
               ─ trainer_arguments
               ─ load_tokenizer
@@ -318,6 +319,35 @@ def launch_processes(recipe: Recipe, plan: Plan, command: list[str]) -> int | No
     :return: the exit code of the launch, or ``None`` to train in this one
         process. When ``plan`` asks for several processes and every plugin
         answers ``None``, the command stops with "no plugin provides ...".
+    """
+
+
+@hookspec(firstresult=True)
+def dry_run(recipe: Recipe, workdir: Path, train: Callable[..., Any], plugins: Any) -> int | None:
+    """Rehearse a run on this machine instead of running it (``ftcore run RECIPE --dry-run``).
+
+    Called once by ``ftcore run --dry-run`` after validation, instead of
+    everything else ``ftcore run`` does: the output folder is never checked,
+    locked or written, no launcher starts. firstresult. The built-in
+    ``planning`` plugin answers: a tiny model of the same architecture, a
+    sample of the data, a few optimizer steps on the CPU, then the plan of the
+    real run.
+
+    :param recipe: the validated recipe, as the real run would use it.
+    :param workdir: a ``pathlib.Path``: an empty temporary folder for whatever
+        the dry run writes; removed afterwards (kept, and printed, with
+        ``--keep-dry-run``).
+    :param train: ``train(overrides) -> result``: the real run's pipeline
+        (every run hook, in this process) on the recipe read again with
+        ``overrides`` (``key=value`` strings, as on the command line) after
+        the command line's, and ``output_dir`` inside ``workdir``. ``result``
+        has ``output_dir``, ``metrics``, ``model``, ``tokenizer`` and
+        ``stash``. An error of the pipeline ends the command as it would end
+        the real run (not as the plugin's error).
+    :param plugins: the plugin manager (``ftcore.api.model_facts(plugins, ...)``).
+    :return: the command's exit code, or ``None`` to let another plugin answer.
+        When every plugin answers ``None``, the command stops with "no plugin
+        provides a dry run".
     """
 
 

@@ -31,7 +31,8 @@ from ftcore.plugins import BUILTINS
 CORE = Path(ftcore.__file__).parent
 PLUGINS = Path(ftcore.plugins.__file__).parent
 RECIPES = sorted((CORE.parent / "recipes").glob("*.yaml")) if (CORE.parent / "recipes").is_dir() else []
-PUBLIC = ("ftcore", "ftcore.api", "ftcore.recipes")  # ftcore.recipes: the shipped recipe files (package data)
+PUBLIC = ("ftcore", "ftcore.api", "ftcore.recipes",  # ftcore.recipes: the shipped recipe files (package data)
+          "ftcore.testing.tiny")  # the tiny models of each family: `ftcore run --dry-run` (planning) builds them
 BANNED = re.compile(r"lora|bitsandbytes|deepspeed|fsdp|mllama|\bfim\b|wandb", re.I)
 
 
