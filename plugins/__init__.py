@@ -30,6 +30,8 @@ BUILTINS = {
     "generation": "ftcore.plugins.generation",  # evaluator: generated replies scored (exact_match, chrf, ...)
     "code": "ftcore.plugins.code",  # Qwen2.5-Coder: formats fim, code_repo; evaluator code_exec (pass@k, sandboxed)
     "inference": "ftcore.plugins.inference",  # the ftcore generate and ftcore chat commands
-    "recipes": "ftcore.plugins.recipes",  # the recipes shipped with ftcore, by name
+    "recipes": "ftcore.plugins.recipes",  # the recipes shipped with ftcore, by name; recipes list/show/copy, diff
+    "models": "ftcore.plugins.models",  # the seed's models: architecture facts, license, gating (register_models)
+    "planning": "ftcore.plugins.planning",  # ftcore estimate, ftcore init, ftcore run --dry-run
     "embeddings": "ftcore.plugins.embeddings",  # embeddings follow the tokenizer's added tokens
 }
