@@ -346,7 +346,7 @@ def test_diff_of_a_run_folder_adds_version_and_data_hashes(tmp_path):
 
 
 def test_rerun_a_run_folder_into_a_fresh_sibling_with_the_same_loss(tiny_llama, tmp_path, monkeypatch):
-    from ftcore.recipe.load import changed_data
+    from ftcore.recipe.rerun import changed_data
 
     monkeypatch.chdir(tmp_path)
     data = write_jsonl(tmp_path / "train.jsonl", alpaca_rows(16))
@@ -369,7 +369,8 @@ def test_rerun_a_run_folder_into_a_fresh_sibling_with_the_same_loss(tiny_llama, 
     assert sorted(p.name for p in run.iterdir()) == untouched
     assert json.loads((run / "run.json").read_text()) == first
 
-    from ftcore.recipe.load import load_raw, rerun_folder
+    from ftcore.recipe.load import load_raw
+    from ftcore.recipe.rerun import rerun_folder
 
     raw = load_raw(str(run / "recipe.yaml"))
     assert rerun_folder(raw, raw.data["output_dir"]) == tmp_path / "run-rerun-2"  # the next one

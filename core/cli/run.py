@@ -131,7 +131,7 @@ def rerun(args, recipe, raw, skipped):
     import sys
 
     from ftcore.cli import load_recipe
-    from ftcore.recipe.load import changed_data, rerun_folder
+    from ftcore.recipe.rerun import changed_data, rerun_folder
 
     target = rerun_folder(raw, recipe.output_dir)
     if target is None:

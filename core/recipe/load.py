@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftcore.errors import RecipeError
+from ftcore.recipe.remote import fetch_remote, is_remote, remote_url
 
 SAFE_RESOLVERS = {"oc.env", "recipe_dir"}
 ALLOWED_INTERPOLATION = "${other_key}, ${oc.env:NAME}, ${oc.env:NAME,default} and ${recipe_dir:}"
@@ -44,11 +45,6 @@ def _omegaconf():
 
 
 PLUGIN_PREFIX = "plugin:"
-REMOTE_MAX_BYTES = 1 << 20  # a recipe is a few KiB; a bigger download is refused
-REMOTE_TIMEOUT_S = 30
-_URL = re.compile(r"^https?://", re.IGNORECASE)
-_PIN = re.compile(r"sha256=([0-9a-fA-F]{64})")
-_REMOTE: dict = {}  # resolved cached file -> the URL it was downloaded from (this process)
 
 
 def _registered(named_recipes) -> dict:
@@ -68,102 +64,8 @@ def _shipped_by(info) -> str:
     return "ftcore" if info.source == "builtin" else f"plugin '{info.name}'"
 
 
-def is_remote(source) -> bool:
-    return isinstance(source, str) and bool(_URL.match(source.strip()))
-
-
-def remote_url(path) -> str | None:
-    """The URL a cached recipe file came from (in this process), or None for a local file."""
-    try:
-        return _REMOTE.get(Path(path).resolve())
-    except OSError:
-        return None
-
-
 def _label(path: Path) -> str:
     return remote_url(path) or str(path)
-
-
-def recipe_cache() -> Path:
-    """Where pinned remote recipes are kept (``HEX/NAME.yaml``): ``$FTCORE_CACHE/recipes`` or
-    ``~/.cache/ftcore/recipes``."""
-    import os
-
-    root = os.environ.get("FTCORE_CACHE")
-    if root:
-        return Path(root).expanduser() / "recipes"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "ftcore" / "recipes"
-
-
-def _download(url: str) -> bytes:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "ftcore"}),
-                                    timeout=REMOTE_TIMEOUT_S) as answer:
-            data = answer.read(REMOTE_MAX_BYTES + 1)
-    except urllib.error.HTTPError as exc:
-        raise RecipeError([(None, f"cannot download the recipe: HTTP {exc.code} {exc.reason}")], source=url) from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise RecipeError([(None, f"cannot download the recipe ({reason}); a pinned recipe downloaded before is "
-                                  f"read from {recipe_cache()} offline")], source=url) from None
-    if len(data) > REMOTE_MAX_BYTES:
-        raise RecipeError([(None, f"the download is larger than {REMOTE_MAX_BYTES:,} bytes: not a recipe")],
-                          source=url)
-    return data
-
-
-def _file_name(url: str) -> str:
-    from urllib.parse import unquote, urlsplit
-
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", unquote(urlsplit(url).path.rstrip("/").rpartition("/")[2])).lstrip(".")
-    name = name or "recipe.yaml"
-    return name if name.endswith((".yaml", ".yml")) else name + ".yaml"
-
-
-def fetch_remote(source: str) -> Path:
-    """A recipe URL pinned with ``#sha256=HEX``: the cached file (downloaded once, checked every time)."""
-    import hashlib
-    import os
-    import tempfile
-
-    url, _, fragment = source.strip().partition("#")
-    pin = _PIN.fullmatch(fragment)
-    if not pin:
-        try:
-            got = f"; this file's is {hashlib.sha256(_download(url)).hexdigest()}: read it, then pin it with " \
-                  f"{url}#sha256=<that hash>"
-        except RecipeError:
-            got = ""
-        raise RecipeError([(None, f"a remote recipe must be pinned by its SHA-256: {url}#sha256=<64 hex digits>"
-                                  f"{got}")], source=url)
-    want = pin.group(1).lower()
-    cached = recipe_cache() / want / _file_name(url)  # the URL's file name: output_dir defaults to ./outputs/<stem>
-    try:
-        if hashlib.sha256(cached.read_bytes()).hexdigest() == want:
-            _REMOTE[cached.resolve()] = url
-            return cached
-    except OSError:
-        pass
-    data = _download(url)
-    got = hashlib.sha256(data).hexdigest()
-    if got != want:
-        raise RecipeError([(None, f"the SHA-256 of the downloaded file is {got}, not the pinned {want}: the file "
-                                  f"changed or the pin is wrong; nothing was run. Read it, and if you trust it "
-                                  f"pin it with {url}#sha256={got}")], source=url)
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{want}.", dir=cached.parent)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, cached)
-    except OSError as exc:
-        raise RecipeError([(None, f"cannot write the recipe cache {cached.parent}: {exc.strerror or exc}; set "
-                                  f"FTCORE_CACHE=<a writable folder>")], source=url) from None
-    _REMOTE[cached.resolve()] = url
-    return cached
 
 
 def _plugin_recipe(name: str, named_recipes) -> Path:
@@ -534,56 +436,3 @@ def _strict_loader():
     if _StrictLoader is None:
         _StrictLoader = _make_strict_loader()
     return _StrictLoader
-
-
-# ── rerunning a finished run: ``ftcore run RUN_DIR/recipe.yaml`` ──────────────
-
-
-def rerun_folder(raw: RawRecipe, output_dir) -> Path | None:
-    """The fresh folder to rerun into when ``raw`` is a run folder's ``recipe.yaml`` whose ``output_dir`` is that
-    run folder itself (and the command line set no ``output_dir=``): ``RUN_DIR-rerun``, ``-rerun-2``, ...;
-    ``None`` otherwise (train into ``output_dir`` as always)."""
-    if raw.path is None or raw.path.name != "recipe.yaml" or "output_dir" in raw.overrides or remote_url(raw.path):
-        return None
-    run_dir = raw.path.resolve().parent
-    if Path(output_dir).expanduser().resolve() != run_dir or not (run_dir / "run.json").is_file():
-        return None
-    for n in range(1, 1000):
-        candidate = run_dir.with_name(f"{run_dir.name}-rerun" + (f"-{n}" if n > 1 else ""))
-        if not candidate.exists():
-            return candidate
-    raise RecipeError([("output_dir", f"{run_dir}-rerun ... -rerun-999 all exist: set output_dir=<new folder>")],
-                      source=str(raw.path))
-
-
-def changed_data(recipe, run_dir) -> list[str]:
-    """What differs between the data files ``recipe`` reads now and the sha256 the run in ``run_dir`` recorded."""
-    import json
-
-    from ftcore.data.read import file_sha256, local_files
-    from ftcore.errors import FtcoreError
-
-    try:
-        files = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8"))["data"]["files"]
-        recorded = {str(f["path"]): f.get("sha256") for f in files if isinstance(f, dict) and f.get("sha256")}
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-    recorded.update({str(Path(k).resolve()): v for k, v in list(recorded.items())})
-    found = []
-    for spec in [*recipe.datasets, *(getattr(recipe, "test_datasets", None) or [])]:
-        try:
-            paths = local_files(spec) or []
-        except (FtcoreError, OSError):
-            continue
-        for path in paths:
-            before = recorded.get(str(path)) or recorded.get(str(Path(path).resolve()))
-            if before is None:
-                continue
-            try:
-                now = file_sha256(Path(path))
-            except OSError:
-                found.append(f"{path}: cannot be read now (the run read sha256 {before[:12]}...)")
-                continue
-            if now != before:
-                found.append(f"{path}: sha256 {now[:12]}... now, {before[:12]}... in the run")
-    return found
