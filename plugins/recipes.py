@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from ftcore import hookimpl
-from ftcore.api import FtcoreError, RecipeError, load_recipe, model_facts, registered_recipes
+from ftcore.api import FtcoreError, load_recipe, model_facts, registered_recipes
 
 FTCORE_CONTRACT = "1"
 

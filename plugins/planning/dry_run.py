@@ -55,25 +55,11 @@ def rehearse_run(recipe, workdir, train, plugins):
 
 
 def architecture(base_model: str, plugins) -> tuple[dict, str]:
-    """``(config.json content, where it came from)`` for ``base_model``; FtcoreError when nothing knows it."""
-    try:
-        from .memory import architecture as known  # the estimate's reading (table, folder, cache, Hub)
-    except ImportError:
-        known = None
-    if known is not None:
-        return known(base_model, plugins)
-    facts = model_facts(plugins, base_model)
-    if facts is not None and facts.config:
-        return dict(facts.config), "ftcore's table"
-    local = Path(base_model).expanduser() / "config.json"
-    if local.is_file():
-        return json.loads(local.read_text(encoding="utf-8")), f"local folder {local.parent}"
-    cached = _cached_file(base_model, "config.json")
-    if cached:
-        return json.loads(Path(cached).read_text(encoding="utf-8")), "Hugging Face cache"
-    raise FtcoreError(f"base_model: no architecture known for '{base_model}' offline: it is not in ftcore's "
-                      f"table of models, not a local folder with a config.json, and not in the Hugging Face "
-                      f"cache; a plugin can register it (register_models)")
+    """``(config.json content, where it came from)`` for ``base_model``, as ``ftcore estimate`` reads it (the
+    registered facts, a local folder, the Hugging Face cache, the Hub); FtcoreError when nothing knows it."""
+    from .memory import architecture as known
+
+    return known(base_model, plugins)
 
 
 def _cached_file(repo_id: str, filename: str) -> str | None:
@@ -327,7 +313,7 @@ def _write_image(path: Path) -> None:
 def cpu_settings(recipe, has_eval: bool) -> tuple[list[str], list[str]]:
     """Overrides that let the recipe run a few steps on this CPU, and a line for each change that matters."""
     overrides = [f"max_steps={STEPS}", "logging_steps=1", "dataset_processes=1", "resume_from_checkpoint=null",
-                 f"dataset_prepared_path=null", "save_steps=null", "saves_per_epoch=null",
+                 "dataset_prepared_path=null", "saves_per_epoch=null",
                  f"save_steps={STEPS}", "save_total_limit=1", "eval_steps=null", "evals_per_epoch=null",
                  "eval_on_start=false", f"gradient_accumulation_steps={min(2, recipe.gradient_accumulation_steps)}",
                  f"micro_batch_size={min(2, recipe.micro_batch_size)}", "batch_size=null"]
@@ -351,7 +337,7 @@ def cpu_settings(recipe, has_eval: bool) -> tuple[list[str], list[str]]:
             overrides.append(f"{key}=null")
             changed.append(f"{key}: off (nothing leaves this machine)")
     if has_eval:
-        overrides.append(f"val_set_size=4")
+        overrides.append("val_set_size=4")
         chosen = list(recipe.evaluators or [])
         if chosen and chosen != ["loss"]:
             overrides.append("evaluators=[loss]")
@@ -536,10 +522,8 @@ def _tokens_per_example(stats: dict, notes: list[dict]) -> tuple[float | None, s
 
 
 def _memory(recipe, config) -> list[str]:
-    try:
-        from .memory import Settings, estimate
-    except ImportError:
-        return ["  memory per GPU: `ftcore estimate` is not installed here"]
+    from .memory import Settings, estimate
+
     try:
         found = estimate(config, Settings.from_recipe(recipe))
     except Exception as exc:  # the estimate's own problem: the dry run passed
@@ -549,20 +533,15 @@ def _memory(recipe, config) -> list[str]:
 
 
 def _parameters(recipe, config, plugins) -> int | None:
+    from .memory import parameter_counts
+
     facts = model_facts(plugins, recipe.base_model)
     if facts is not None and facts.parameters:
         return int(facts.parameters)
     try:
-        from .memory import parameter_counts
-
         return int(parameter_counts(config).total)
-    except Exception:
-        text = config.get("text_config") or config
-        h, layers = text.get("hidden_size"), text.get("num_hidden_layers")
-        inter, vocab = text.get("intermediate_size"), text.get("vocab_size")
-        if not all((h, layers, inter, vocab)):
-            return None
-        return int(layers * (4 * h * h + 3 * h * inter) + 2 * vocab * h)
+    except Exception:  # an architecture the arithmetic does not know: no time estimate
+        return None
 
 
 def _time(recipe, parameters, tokens, per: str) -> list[str]:
