@@ -48,6 +48,7 @@ Trained runs
     ``run_state(run_dir)`` -> ``RunState`` (status, problem, advice, has_model; ``need_model()``, ``check()``);
     ``require_base(key, model)``: one clear line when a base model Hub id is needed offline
 Commands, recipes and models (for plugins that add commands)
+    ``recipe_arguments(parser)``: a command's ``RECIPE [key=value ...]`` arguments, as ``ftcore run`` takes them;
     ``load_recipe(source, overrides, plugins)`` -> ``(Recipe, RawRecipe)``: validated, as ``ftcore run`` reads it
     (a path, a registered name or a pinned URL; ``key=value`` overrides; the recipe's ``plugins:`` join ``plugins``);
     ``registered_recipes(plugins)`` -> ``{name: (path, PluginInfo)}``;
@@ -96,6 +97,15 @@ __all__ += ["RunState", "require_base", "run_state"]  # what a run folder's run.
 from ftcore.hooks import ModelFacts, model_facts, registered_models, registered_recipes  # noqa: E402
 
 
+def recipe_arguments(parser) -> None:
+    """Add ``RECIPE [key=value ...]`` to a command's ``argparse`` parser (``args.recipe``, ``args.overrides``),
+    overrides also accepted after a flag, exactly as ``ftcore run`` takes them."""
+    from ftcore.cli import _recipe_arguments, overrides_after_flags
+
+    _recipe_arguments(parser)
+    overrides_after_flags(parser)
+
+
 def load_recipe(source, overrides=(), plugins=None):
     """``(Recipe, RawRecipe)``: ``source`` read and validated as ``ftcore run`` reads it; errors are ``RecipeError``."""
     from ftcore.cli import load
@@ -108,7 +118,7 @@ def load_recipe(source, overrides=(), plugins=None):
     return recipe, raw
 
 
-__all__ += ["load_recipe", "ModelFacts", "model_facts", "registered_models", "registered_recipes"]
+__all__ += ["recipe_arguments", "load_recipe", "ModelFacts", "model_facts", "registered_models", "registered_recipes"]
 
 
 def __getattr__(name):

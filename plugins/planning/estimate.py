@@ -17,7 +17,7 @@ import json
 import shutil
 import subprocess
 
-from ftcore.api import FtcoreError, load_recipe, model_facts, registered_models
+from ftcore.api import FtcoreError, load_recipe, model_facts, recipe_arguments, registered_models
 
 from .memory import GiB, Settings, architecture, estimate, parse_size, parameter_counts
 
@@ -36,24 +36,13 @@ METHOD_NAMES = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
 
 
 def configure(parser):
-    parser.add_argument("recipe", help="recipe file, or the name of a shipped recipe (e.g. llama31-qlora)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="override recipe keys as `ftcore run` does: micro_batch_size=1 sequence_len=2048")
+    recipe_arguments(parser)  # RECIPE [key=value ...], as `ftcore run` takes them (also after a flag)
     parser.add_argument("--gpu-memory", metavar="SIZE",
                         help="memory of one GPU, e.g. 24GiB, 80GB, 16G (GiB); default: the local GPU's (nvidia-smi), "
                              "else no verdict")
     parser.add_argument("--gpus", type=int, default=1, metavar="N",
                         help="GPUs the run uses (ZeRO and FSDP divide what they shard by N; default 1)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parse = parser.parse_known_args
-
-    def parse_known_args(args=None, namespace=None):  # overrides after a flag are still overrides
-        namespace, rest = parse(args, namespace)
-        namespace.overrides = [*(getattr(namespace, "overrides", None) or []),
-                               *(a for a in rest if not a.startswith("-"))]
-        return namespace, [a for a in rest if a.startswith("-")]
-
-    parser.parse_known_args = parse_known_args
 
 
 def local_gpu_memory() -> int | None:
