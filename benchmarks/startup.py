@@ -8,7 +8,7 @@ the tokenizer and model, tokenize, wrap with LoRA, one optimizer step. Each
 command runs in a fresh process; the table gives medians and the ratio to the
 plain script. Everything is built locally; nothing is downloaded. A second
 table times the commands that never import torch (`ftcore --help`,
-`ftcore validate`) against a bare Python start.
+`ftcore validate`, `ftcore estimate`, `ftcore init`) against a bare Python start.
 """
 
 import argparse
@@ -118,7 +118,10 @@ def commands_without_torch(tmp, repeats):
     """Seconds for the commands that never import torch, against a bare ``python -c pass``."""
     quick = {"python -c pass": [sys.executable, "-c", "pass"],
              "ftcore --help": [sys.executable, "-m", "ftcore", "--help"],
-             "ftcore validate": [sys.executable, "-m", "ftcore", "validate", str(tmp / "recipe.yaml")]}
+             "ftcore validate": [sys.executable, "-m", "ftcore", "validate", str(tmp / "recipe.yaml")],
+             "ftcore estimate": [sys.executable, "-m", "ftcore", "estimate", "llama31-qlora", "--gpu-memory", "24GiB"],
+             "ftcore init": [sys.executable, "-m", "ftcore", "init", "--task", "chat", "--gpu-memory", "24GiB",
+                             "--out", "-"]}
     times = {name: [] for name in quick}
     for _ in range(max(repeats, 5)):
         for name, command in quick.items():

