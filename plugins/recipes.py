@@ -239,6 +239,15 @@ def portable_text(text: str, source: Path, plugins) -> tuple[str, list[str]]:
     return text, notes
 
 
+def _commands_name_the_copy(text: str, name: str, dest: str) -> str:
+    """The header's ``ftcore run recipes/NAME.yaml ...`` lines run the copy, not the original."""
+    import re
+
+    path = re.compile(r"(?<![\w./-])(?:[\w.-]+/)*" + re.escape(name) + r"(?![\w.-])")
+    return "\n".join(path.sub(lambda _m: dest, line) if line.lstrip().startswith("#") else line
+                     for line in text.split("\n"))
+
+
 def copy_recipe(args) -> int:
     _recipe, raw = load_recipe(args.recipe, (), args.plugins)  # it loads: never copy a broken recipe
     source = Path(raw.path)
@@ -251,6 +260,7 @@ def copy_recipe(args) -> int:
     if not dest.parent.is_dir():
         raise FtcoreError(f"cannot copy to {dest}: the folder {dest.parent} does not exist")
     text, notes = portable_text(source.read_text(encoding="utf-8"), source, args.plugins)
+    text = _commands_name_the_copy(text, source.name, args.dest if not Path(args.dest).is_dir() else str(dest))
     header = f"# Copied by `ftcore recipes copy` from {args.recipe}"
     if notes:
         header += " (made to work from any folder: " + "; ".join(notes) + ")"

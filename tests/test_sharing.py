@@ -192,6 +192,9 @@ def test_recipes_copy_refuses_to_overwrite_and_the_copy_still_works(tmp_path, mo
     assert code == 0 and "copied quickstart to mine.yaml" in out
     assert "${recipe_dir:}" not in Path("mine.yaml").read_text()
     assert load("mine.yaml")[1].data == load("quickstart")[1].data
+    code, _, _ = cli("recipes", "copy", "llama31-qlora", "qlora.yaml")  # its header says how to run it: the copy
+    assert code == 0 and "# ftcore run qlora.yaml\n" in Path("qlora.yaml").read_text()
+    assert "recipes/llama31-qlora.yaml" not in Path("qlora.yaml").read_text()
     before = Path("mine.yaml").read_text()
     code, _, err = cli("recipes", "copy", "llama31-lora", "mine.yaml")
     assert code == 2 and "mine.yaml exists" in err and "never overwrites" in err
