@@ -86,17 +86,24 @@ def _shipped_by(info) -> str:
 
 
 def _description(text: str) -> str:
-    """The first comment line that says something (not a blank ``#`` or an ``ftcore ...`` command line)."""
+    """The first sentence of the first comment paragraph that says something (not an ``ftcore ...`` command)."""
+    import re
+
+    paragraph: list[str] = []
     for line in text.splitlines():
         stripped = line.strip()
-        if not stripped:
-            continue
         if not stripped.startswith("#"):
-            break
+            if paragraph or stripped:
+                break
+            continue
         words = stripped.lstrip("#").strip()
-        if words and not words.startswith("(") and "ftcore " not in words:
-            return words
-    return ""
+        if not words or words.startswith("(") or "ftcore " in words:
+            if paragraph:
+                break
+            continue
+        paragraph.append(words)
+    sentence = re.split(r"(?<=[.:])\s", " ".join(paragraph), maxsplit=1)[0]
+    return sentence.rstrip(".:")
 
 
 def _method(data: dict) -> str:
