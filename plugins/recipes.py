@@ -102,7 +102,9 @@ def _description(text: str) -> str:
                 break
             continue
         paragraph.append(words)
-    sentence = re.split(r"(?<=[.:])\s", " ".join(paragraph), maxsplit=1)[0]
+    sentence = re.split(r"(?<=\.)\s", " ".join(paragraph), maxsplit=1)[0]
+    if len(sentence) > 100:  # a long one: up to its colon ("QLoRA of ... GPU (...): LoRA on a 4-bit base ...")
+        sentence = sentence.split(": ", 1)[0]
     return sentence.rstrip(".:")
 
 
