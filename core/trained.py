@@ -241,7 +241,7 @@ def read_recipe(run_dir, plugins, overrides=()):
     """The run's ``recipe.yaml``, validated with ``overrides`` (``key=value``), as ``ftcore run`` would."""
     from ftcore.recipe import load_raw, validate
 
-    raw = load_raw(str(Path(run_dir) / "recipe.yaml"), list(overrides), hooks.named_recipes(plugins))
+    raw = load_raw(str(Path(run_dir) / "recipe.yaml"), list(overrides), hooks.registered_recipes(plugins))
     plugins.add_recipe_plugins(raw.data.get("plugins"))
     return validate(raw, plugins)
 

@@ -264,7 +264,7 @@ def _with_overrides(data: dict, overrides) -> dict:
 
 
 def _raw(source, overrides, plugins):
-    from ftcore.hooks import named_recipes
+    from ftcore.hooks import registered_recipes
     from ftcore.recipe.load import RawRecipe, load_raw
 
     if _is_recipe(source):
@@ -272,7 +272,7 @@ def _raw(source, overrides, plugins):
     if isinstance(source, Mapping):
         data = _plain(source)
         return RawRecipe(_with_overrides(data, overrides) if overrides else data, None)
-    return load_raw(os.fspath(source), list(overrides), named_recipes(plugins))
+    return load_raw(os.fspath(source), list(overrides), registered_recipes(plugins))
 
 
 def load_recipe(path_or_mapping, overrides=(), plugins=None):

@@ -59,10 +59,10 @@ def run_folder(target: str, plugins, overrides=()) -> Path:
     path = Path(target).expanduser()
     if path.is_dir():
         return path
-    from ftcore.hooks import named_recipes
+    from ftcore.hooks import registered_recipes
     from ftcore.recipe import load_raw, validate
 
-    raw = load_raw(target, list(overrides), named_recipes(plugins))  # no such file or recipe: a clear error
+    raw = load_raw(target, list(overrides), registered_recipes(plugins))  # no such file or recipe: a clear error
     plugins.add_recipe_plugins(raw.data.get("plugins"))
     output_dir = Path(validate(raw, plugins).output_dir).expanduser()
     if not (output_dir / "recipe.yaml").is_file():
