@@ -103,10 +103,6 @@ def chosen_evaluators(plugins, recipe) -> dict:
             for name in recipe.evaluators}
 
 
-def named_recipes(plugins) -> dict:
-    return {name: path for name, (path, _) in plugins.collect("register_recipes", "recipe").items()}
-
-
 def registered_recipes(plugins) -> dict:
     """``{name: (path, PluginInfo)}``: every recipe registered by name, with the plugin that ships it."""
     return {name: (path, plugins.info[plugin])

@@ -396,13 +396,13 @@ def test_eval_loss_is_the_same_packed_and_unpacked_at_batch_sizes_1_and_4(family
 
 
 def run_recipe(path):
-    from ftcore.hooks import named_recipes
+    from ftcore.hooks import registered_recipes
     from ftcore.plugins_manager import load_plugins
     from ftcore.recipe import load_raw, validate
     from ftcore.run import run
 
     plugins = load_plugins()
-    return run(validate(load_raw(str(path), [], named_recipes(plugins)), plugins), plugins)
+    return run(validate(load_raw(str(path), [], registered_recipes(plugins)), plugins), plugins)
 
 
 def test_a_packed_run_trains_and_records_its_packing_efficiency(tiny_llama, tmp_path, capsys):

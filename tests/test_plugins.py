@@ -251,7 +251,7 @@ def test_collect_a_name_registered_twice_names_both_plugins():
 @pytest.mark.parametrize("hook, typed, kind", [
     ("register_evaluators", hooks.evaluators, "evaluator"),
     ("register_chat_templates", hooks.chat_templates, "chat template"),
-    ("register_recipes", hooks.named_recipes, "recipe"),
+    ("register_recipes", hooks.registered_recipes, "recipe"),
 ])
 def test_every_registry_reports_duplicates_with_both_plugins(hook, typed, kind):
     plugins = Plugins()

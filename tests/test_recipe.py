@@ -10,7 +10,7 @@ import pytest
 from conftest import alpaca_rows, write_jsonl, write_recipe
 
 from ftcore.errors import RecipeError
-from ftcore.hooks import named_recipes
+from ftcore.hooks import registered_recipes
 from ftcore.plugins_manager import load_plugins
 from ftcore.recipe import load_raw, validate
 
@@ -23,7 +23,7 @@ AXOLOTL_RECIPES = sorted((Path(__file__).parent / "axolotl_recipes").glob("*.yml
 def check(path, *overrides, named=None):
     """Load and validate like ``ftcore validate`` does; return the Recipe."""
     plugins = load_plugins()
-    raw = load_raw(str(path), list(overrides), {**named_recipes(plugins), **(named or {})})
+    raw = load_raw(str(path), list(overrides), {**registered_recipes(plugins), **(named or {})})
     plugins.add_recipe_plugins(raw.data.get("plugins"))
     return validate(raw, plugins)
 

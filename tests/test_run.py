@@ -22,13 +22,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_recipe(path, *overrides):
     """Load, validate and run a recipe in this process; return the RunResult."""
-    from ftcore.hooks import named_recipes
+    from ftcore.hooks import registered_recipes
     from ftcore.plugins_manager import load_plugins
     from ftcore.recipe import load_raw, validate
     from ftcore.run import run
 
     plugins = load_plugins()
-    raw = load_raw(str(path), list(overrides), named_recipes(plugins))
+    raw = load_raw(str(path), list(overrides), registered_recipes(plugins))
     plugins.add_recipe_plugins(raw.data.get("plugins"))
     return run(validate(raw, plugins), plugins)
 
