@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from memory import log, status_kib  # benchmarks/memory.py: the same /proc/self/status reader and stderr log
+
 FTCORE_CONTRACT = "1"
 
 SHAPES = {  # changes to Llama 3.2 1B's config; "1b" is that config itself
@@ -53,18 +55,6 @@ RUNS = "small:lora,small:qlora,small:full,1b:lora,1b:qlora,mid:full"
 METHODS = ("lora", "qlora", "full")
 SEQ = 256
 STEPS = 3
-
-
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
-def status_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
 
 
 def shape_config(shape: str) -> dict:
