@@ -88,6 +88,7 @@ def prepare(shape: str, folder: str) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.bfloat16).mul_(0.02))
     model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
     model.tie_weights()
+    model.to(torch.bfloat16)  # meta-device parameters are created fp32 whatever config.dtype says
     model.save_pretrained(folder)
     train_tokenizer("llama3", vocab_size=512).save_pretrained(folder)
 
