@@ -138,10 +138,18 @@ def test_each_breakdown_item_of_lora_and_full_fine_tuning():
     assert b["activations"] == 2 * (20 * per_token * 2) + 20 * 64 * 2  # every layer's tensors
     assert b["overhead"] == CPU_OVERHEAD  # what a CPU run loads besides tensors
     assert result.total_bytes == sum(b.values())
-    checkpointed = estimate(SMALL, replace(lora, gradient_checkpointing=True)).breakdown["activations"]
-    assert checkpointed == 2 * 20 * 64 * 2 + 2 * (20 * per_token * 2)
-    chunked = estimate(SMALL, replace(lora, chunked_loss=True, chunked_loss_chunks=8)).breakdown["logits"]
-    assert chunked == b["logits"] // 8
+    assert result.peak == "loss" and b["optimizer_step"] == 0  # adapter-sized AdamW temporaries: not the peak
+    # with checkpointing the loss's backward holds a hidden state per layer and the logits; the layers'
+    # backward a hidden state per layer and one recomputed layer with its gradients: the larger moment counts
+    checkpointed = estimate(SMALL, replace(lora, gradient_checkpointing=True))
+    assert checkpointed.peak == "loss" and checkpointed.breakdown["activations"] == 2 * 20 * 64 * 2
+    assert checkpointed.breakdown["logits"] == b["logits"]
+    chunked = estimate(SMALL, replace(lora, gradient_checkpointing=True, chunked_loss=True, chunked_loss_chunks=8))
+    assert chunked.peak == "layers" and chunked.breakdown["logits"] == 0
+    assert chunked.breakdown["activations"] == 2 * 20 * 64 * 2 + 2 * (20 * per_token * 2)
+    assert chunked.total_bytes == sum(chunked.breakdown.values()) < checkpointed.total_bytes
+    unchecked_chunked = estimate(SMALL, replace(lora, chunked_loss=True, chunked_loss_chunks=8)).breakdown
+    assert unchecked_chunked["logits"] == b["logits"] // 8
     assert estimate(SMALL, replace(lora, device="cuda")).breakdown["overhead"] == GiB
     eight_bit = estimate(SMALL, replace(lora, optimizer="paged_adamw_8bit"))
     assert eight_bit.breakdown["optimizer_states"] == adapter_params * 2
@@ -151,9 +159,32 @@ def test_each_breakdown_item_of_lora_and_full_fine_tuning():
 
     full = estimate(SMALL, Settings(method="full", precision="bf16", device="cpu", sequence_len=10))
     assert full.trainable_parameters == counts.total
-    assert full.breakdown["gradients"] == counts.total * 2
     assert full.breakdown["optimizer_states"] == counts.total * 4  # torch AdamW: states in bf16 like the weights
     assert full.breakdown["adapter"] == 0
+    # torch AdamW's for-loop step on a CPU: two temporaries of the largest trainable tensor (the embeddings)
+    assert full.peak == "optimizer step" and full.breakdown["optimizer_step"] == 2 * 64000 * 2
+    assert full.breakdown["gradients"] == counts.total * 2
+    assert full.breakdown["activations"] == full.breakdown["logits"] == 0  # freed before the step
+    assert any("peak is the optimizer step" in note for note in full.notes)
+    # on a GPU the default foreach step takes one copy of every trainable weight
+    gpu = estimate(SMALL, Settings(method="full", precision="bf16", device="cuda", sequence_len=10))
+    assert gpu.breakdown["optimizer_step"] == counts.total * 2
+    fused = estimate(SMALL, Settings(method="full", precision="bf16", device="cuda", sequence_len=10,
+                                     optimizer="adamw_torch_fused"))
+    assert fused.breakdown["optimizer_step"] == 0 and fused.peak == "loss"
+    assert fused.total_bytes < gpu.total_bytes
+    assert estimate(SMALL, Settings(method="full", precision="bf16", device="cuda", sequence_len=10, zero_stage=2),
+                    gpus=2).breakdown["optimizer_step"] == 0  # DeepSpeed's optimizer updates in place
+    # tied embeddings, or a chunked loss: the trained head's gradient arrives in pieces, added through one
+    # more head-sized buffer during the loss's backward
+    tied = {**SMALL, "tie_word_embeddings": True}
+    long = Settings(method="full", precision="bf16", device="cpu", sequence_len=4096, optimizer="adamw_8bit")
+    for config, settings in ((tied, long), (SMALL, replace(long, chunked_loss=True))):
+        piece = estimate(config, settings)
+        grads = parameter_counts(config).total * 2
+        assert piece.peak == "loss" and piece.breakdown["gradients"] == grads + 1000 * 64 * 2
+    untied = estimate(SMALL, long)
+    assert untied.peak == "loss" and untied.breakdown["gradients"] == counts.total * 2
     fp16 = estimate(SMALL, Settings(method="full", precision="fp16", device="cpu"))
     assert fp16.weights_bytes == counts.total * 4  # fp16 mixed precision keeps fp32 trainable weights
 
@@ -303,7 +334,7 @@ def test_the_qlora_recipe_puts_4bit_weights_of_8b_between_3_5_and_6_5_gb_and_fit
     assert result["fits"] is True and result["gpu_memory_bytes"] == 24 * GiB
     assert result["total_bytes"] == sum(result["breakdown"].values()) < 24 * GiB
     assert set(result["breakdown"]) == {"weights", "adapter", "gradients", "optimizer_states", "activations",
-                                        "logits", "overhead"}
+                                        "logits", "optimizer_step", "overhead"}
     assert result["model"] == "meta-llama/Llama-3.1-8B-Instruct" and result["parameters"] == 8_030_261_248
     assert result["license"] == "Llama 3.1 Community License" and result["gated"] is True
     assert result["suggestions"] == []

@@ -22,10 +22,22 @@ What the breakdown describes is what ftcore does (``plugins/qlora.py``, ``plugin
   copy of 16-bit trainable weights as well.
 - **activations**: micro batch x sequence x layers x hidden: without gradient checkpointing every layer's
   saved tensors (the residual stream, norms, q/k/v, attention output, the MLP's gate/up/product; LoRA
-  dropout's copies of the inputs); with it, one hidden state per layer plus one layer's full set, recomputed.
+  dropout's copies of the inputs); with it, one hidden state per layer, plus one layer's full set and its
+  gradients while that layer is recomputed.
 - **logits**: the head's output over the vocabulary and the loss's fp32 copy, log-softmax and their
   gradients, about 16 bytes per position and vocabulary entry; ``chunked_cross_entropy`` scores one chunk
   of positions at a time, dividing that by the number of chunks.
+- **optimizer_step**: torch AdamW's temporaries inside ``step()``: on a GPU its default ``foreach``
+  implementation takes one more copy of the trainable weights (``sqrt`` of the second moments for a whole
+  parameter group), on a CPU its for-loop implementation two copies of the largest trainable tensor.
+  ``adamw_torch_fused``, bitsandbytes' and DeepSpeed's optimizers update in place.
+- a full fine-tuning whose output head gets its gradient in pieces (a chunk at a time, or tied to the
+  embeddings) holds one more head-sized gradient while each piece is added (counted in **gradients**).
+
+These do not all exist at once. The breakdown is the memory at the peak, the largest of three moments of
+a step: the loss's backward (saved activations and the logits), the layers' backward (with gradient
+checkpointing, a recomputed layer), and the optimizer step (activations and logits freed, its
+temporaries). ``Estimate.peak`` names the moment; entries that do not exist then are 0.
 - **overhead**: on a GPU the CUDA context, cuBLAS workspaces and the caching allocator's slack (1 GiB); on
   a CPU what the run loads besides tensors (libraries imported at run time, the data, the tokenizer, the
   Trainer: 180 MiB, measured by ``benchmarks/estimate.py`` with a tiny model); plus the 16-bit copy of one
@@ -53,7 +65,7 @@ GB = 1000 ** 3
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "nf4": 0.5}
 NF4_CONSTANTS = 4 / 64  # an fp32 absmax per 64-value block
 NF4_CONSTANTS_DOUBLE = 1 / 64 + 4 / (64 * 256)  # 8-bit absmax per block, fp32 absmax per 256 blocks
-LOGIT_BYTES = 16  # per position x vocabulary entry: 16-bit logits, fp32 copy, log-softmax, their gradients
+LOGIT_BYTES = 16  # per position x vocabulary entry: the logits, the loss's fp32 copy, log-softmax, gradients
 CUDA_OVERHEAD = 1 * GiB  # CUDA context, cuBLAS/cuDNN workspaces, allocator slack
 CPU_OVERHEAD = 180 * 1024 ** 2  # a CPU run's libraries loaded at run time, data, tokenizer, Trainer (measured)
 EIGHT_BIT_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit", "adamw_bnb_8bit", "paged_adamw_32bit_8bit", "lion_8bit",
@@ -364,11 +376,12 @@ class Estimate:
     settings: Settings | None = None
     suggestion_changes: list = field(default_factory=list)  # [(text, {setting: value}), ...]
     notes: list = field(default_factory=list)
+    peak: str = "loss"  # the moment of the step the breakdown describes: loss, layers or optimizer step
 
     def to_json(self) -> dict:
         out = {key: getattr(self, key) for key in ("weights_bytes", "total_bytes", "gpu_memory_bytes", "fits",
                                                    "headroom_bytes", "breakdown", "suggestions", "parameters",
-                                                   "trainable_parameters", "gpus", "notes")}
+                                                   "trainable_parameters", "gpus", "notes", "peak")}
         out["settings"] = asdict(self.settings) if self.settings else None
         if out["settings"] and isinstance(out["settings"].get("lora_targets"), tuple):
             out["settings"]["lora_targets"] = list(out["settings"]["lora_targets"])
@@ -401,7 +414,8 @@ def _optimizer_bytes_per_param(optimizer: str, dtype_bytes: float) -> float:
     return 2 * dtype_bytes  # AdamW & co: two states in the parameter's dtype
 
 
-def _activations(counts: Counts, settings: Settings, lora_names: int) -> int:
+def _activations(counts: Counts, settings: Settings, lora_names: int) -> tuple[int, int]:
+    """Saved activations ``(when the loss backward runs, when the layers' backward runs)``."""
     tokens = settings.micro_batch_size * settings.sequence_len
     h, i, kv = counts.hidden, counts.intermediate, counts.kv_dim
     act = 2 if settings.precision in ("bf16", "fp16") else 4
@@ -412,8 +426,30 @@ def _activations(counts: Counts, settings: Settings, lora_names: int) -> int:
         per_token += lora_names  # dropout's copy of each adapted layer's input
     layer = tokens * per_token * act
     if settings.gradient_checkpointing:
-        return counts.layers * tokens * h * act + 2 * layer  # a checkpoint per layer; one layer and its grads
-    return counts.layers * layer + tokens * h * act
+        checkpoints = counts.layers * tokens * h * act  # a hidden state per layer
+        return checkpoints, checkpoints + 2 * layer  # the layer being recomputed and its gradients
+    saved = counts.layers * layer + tokens * h * act
+    return saved, saved
+
+
+def _optimizer_step_temporaries(counts: Counts, settings: Settings, trainable: int, train_bytes: int,
+                                shard: int) -> int:
+    """Buffers torch's AdamW allocates inside ``step()``, when the activations are already freed.
+
+    On a GPU torch's default ``foreach`` implementation computes ``sqrt(v)`` for a whole parameter group at
+    once (one copy of the trainable weights); on a CPU the for-loop implementation allocates two
+    temporaries the size of the largest trainable tensor. The fused implementation (``adamw_torch_fused``),
+    bitsandbytes' optimizers and DeepSpeed's own update in place.
+    """
+    if settings.optimizer != "adamw_torch" or settings.zero_stage or not trainable:
+        return 0
+    if settings.device == "cuda":
+        return trainable * train_bytes // shard
+    if settings.method == "full":
+        largest = max(counts.embeddings, counts.head, counts.largest_linear)
+    else:
+        largest = settings.lora_r * max((max(i, o) for _, i, o, _ in counts.linear_shapes), default=0)
+    return 2 * largest * train_bytes
 
 
 def estimate(config: dict, settings: Settings, *, gpu_memory_bytes: int | None = None, gpus: int = 1,
@@ -469,19 +505,33 @@ def estimate(config: dict, settings: Settings, *, gpu_memory_bytes: int | None =
         weights = 0  # on CPU; one layer at a time is gathered (counted in the overhead)
 
     names = _lora_input_size(counts, settings, config)
-    activations = _activations(counts, settings, names)
+    at_loss, at_layers = _activations(counts, settings, names)
     positions = settings.micro_batch_size * settings.sequence_len
-    logits = positions * counts.vocab * LOGIT_BYTES * (half / 2)
+    logits = positions * counts.vocab * LOGIT_BYTES
     if settings.chunked_loss:
         logits /= max(1, settings.chunked_loss_chunks)
+    # a trained output head whose gradient arrives in pieces (a chunk at a time, or tied to the embeddings)
+    # adds each piece to .grad through one more head-sized buffer
+    head_piece = 0
+    if settings.method == "full" and (settings.chunked_loss or not counts.head):
+        head_piece = counts.vocab * counts.hidden * train_bytes
+    step = _optimizer_step_temporaries(counts, settings, trainable, train_bytes, shard)
     overhead = CUDA_OVERHEAD if settings.device == "cuda" else CPU_OVERHEAD
     if quantized:
         overhead += 2 * counts.largest_linear * half  # a dequantized weight and its transpose's product
     if sharded_weights and shard > 1:
         overhead += 2 * (counts.linear // max(1, counts.layers)) * half  # a gathered layer (and the next, prefetched)
 
-    breakdown = {"weights": int(weights), "adapter": int(adapter), "gradients": int(gradients),
-                 "optimizer_states": int(optimizer), "activations": int(activations), "logits": int(logits),
+    # the peak is the largest of three moments: the loss's backward (saved activations, the loss buffers),
+    # the layers' backward (a recomputed layer), the optimizer step (activations freed, its temporaries)
+    moments = {"loss": at_loss + logits + head_piece, "layers": at_layers, "optimizer step": step}
+    peak = max(moments, key=moments.get)
+    breakdown = {"weights": int(weights), "adapter": int(adapter),
+                 "gradients": int(gradients + (head_piece if peak == "loss" else 0)),
+                 "optimizer_states": int(optimizer),
+                 "activations": int({"loss": at_loss, "layers": at_layers}.get(peak, 0)),
+                 "logits": int(logits if peak == "loss" else 0),
+                 "optimizer_step": int(step if peak == "optimizer step" else 0),
                  "overhead": int(overhead)}
     total = sum(breakdown.values())
     fits = headroom = None
@@ -490,7 +540,12 @@ def estimate(config: dict, settings: Settings, *, gpu_memory_bytes: int | None =
         fits = headroom >= 0
     result = Estimate(weights_bytes=int(weights), total_bytes=int(total), gpu_memory_bytes=gpu_memory_bytes,
                       fits=fits, headroom_bytes=headroom, breakdown=breakdown, parameters=counts.total,
-                      trainable_parameters=int(trainable), gpus=gpus, settings=settings)
+                      trainable_parameters=int(trainable), gpus=gpus, settings=settings, peak=peak)
+    if peak == "optimizer step":
+        result.notes.append(f"the peak is the optimizer step: torch AdamW's temporaries ({gib(step)}) outgrow the "
+                            f"activations and logits ({gib(max(at_loss + logits, at_layers))}), which are freed by "
+                            f"then" + ("; optimizer: adamw_torch_fused updates in place" if settings.device == "cuda"
+                                       else ""))
     if "paged" in settings.optimizer and optimizer:
         result.notes.append(f"{settings.optimizer}: the optimizer states ({gib(optimizer)}) are paged and may move "
                             f"to CPU memory when the GPU runs short")
@@ -526,6 +581,9 @@ def _suggestions(config, settings, gpu_memory_bytes, gpus, model_type, smaller_m
             return True
         return False
 
+    if settings.optimizer == "adamw_torch" and settings.device == "cuda" and not settings.zero_stage:
+        check("optimizer: adamw_torch_fused (the same AdamW, updated in place: no step temporaries)",
+              optimizer="adamw_torch_fused")
     if settings.method == "lora" and not settings.load_in_4bit:
         check("QLoRA instead of LoRA: adapter: qlora, load_in_4bit: true", method="qlora", load_in_4bit=True,
               load_in_8bit=False)
