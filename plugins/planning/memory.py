@@ -33,15 +33,15 @@ What the breakdown describes is what ftcore does (``plugins/qlora.py``, ``plugin
   ``adamw_torch_fused``, bitsandbytes' and DeepSpeed's optimizers update in place.
 - a full fine-tuning whose output head gets its gradient in pieces (a chunk at a time, or tied to the
   embeddings) holds one more head-sized gradient while each piece is added (counted in **gradients**).
+- **overhead**: on a GPU the CUDA context, cuBLAS workspaces and the caching allocator's slack (1 GiB); on
+  a CPU what the run loads besides tensors (libraries imported at run time, the data, the tokenizer, the
+  Trainer: 180 MiB, measured by ``benchmarks/estimate.py`` with a tiny model); plus the 16-bit copy of one
+  weight that a quantized layer dequantizes at a time.
 
 These do not all exist at once. The breakdown is the memory at the peak, the largest of three moments of
 a step: the loss's backward (saved activations and the logits), the layers' backward (with gradient
 checkpointing, a recomputed layer), and the optimizer step (activations and logits freed, its
 temporaries). ``Estimate.peak`` names the moment; entries that do not exist then are 0.
-- **overhead**: on a GPU the CUDA context, cuBLAS workspaces and the caching allocator's slack (1 GiB); on
-  a CPU what the run loads besides tensors (libraries imported at run time, the data, the tokenizer, the
-  Trainer: 180 MiB, measured by ``benchmarks/estimate.py`` with a tiny model); plus the 16-bit copy of one
-  weight that a quantized layer dequantizes at a time.
 
 ZeRO-1 divides the optimizer states by the number of GPUs, ZeRO-2 also the gradients, ZeRO-3 and FSDP's
 full sharding also the weights; offloading moves the optimizer states (and with parameter offload the
