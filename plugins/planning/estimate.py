@@ -30,8 +30,10 @@ ITEMS = {
     "optimizer_states": "optimizer states",
     "activations": "saved activations (micro batch x sequence x layers x hidden)",
     "logits": "logits and loss buffers over the vocabulary",
+    "optimizer_step": "temporaries inside torch AdamW's step",
     "overhead": "CUDA context, workspaces, temporaries",
 }
+PEAKS = {"loss": "the loss's backward", "layers": "the layers' backward", "optimizer step": "the optimizer step"}
 METHOD_NAMES = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
 
 
@@ -133,7 +135,8 @@ def show(out: dict) -> None:
     table.add_column("what")
     for key, value in out["breakdown"].items():
         table.add_row(key, _gib(value), ITEMS.get(key, ""))
-    table.add_row("total", _gib(out["total_bytes"]), "", style="bold")
+    table.add_row("total", _gib(out["total_bytes"]), f"at the peak: {PEAKS.get(out.get('peak'), out.get('peak'))}",
+                  style="bold")
     console.print(table)
     for note in out["notes"]:
         print(f"note: {note}")

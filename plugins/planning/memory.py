@@ -543,7 +543,7 @@ def estimate(config: dict, settings: Settings, *, gpu_memory_bytes: int | None =
                       trainable_parameters=int(trainable), gpus=gpus, settings=settings, peak=peak)
     if peak == "optimizer step":
         result.notes.append(f"the peak is the optimizer step: torch AdamW's temporaries ({gib(step)}) outgrow the "
-                            f"activations and logits ({gib(max(at_loss + logits, at_layers))}), which are freed by "
+                            f"activations and logits ({gib(max(moments['loss'], moments['layers']))}), which are freed by "
                             f"then" + ("; optimizer: adamw_torch_fused updates in place" if settings.device == "cuda"
                                        else ""))
     if "paged" in settings.optimizer and optimizer:
@@ -581,7 +581,7 @@ def _suggestions(config, settings, gpu_memory_bytes, gpus, model_type, smaller_m
             return True
         return False
 
-    if settings.optimizer == "adamw_torch" and settings.device == "cuda" and not settings.zero_stage:
+    if settings.optimizer == "adamw_torch" and settings.device == "cuda":  # checked: helps only with temporaries
         check("optimizer: adamw_torch_fused (the same AdamW, updated in place: no step temporaries)",
               optimizer="adamw_torch_fused")
     if settings.method == "lora" and not settings.load_in_4bit:
