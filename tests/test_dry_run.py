@@ -199,3 +199,15 @@ def test_a_pipeline_that_fails_fails_the_dry_run_with_its_own_error(tmp_path):
     assert "this template cannot render the data" in done.stderr
     assert "raised in hook 'dry_run'" not in done.stderr  # the pipeline's error, not the plugin's
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.e2e
+def test_a_bad_row_is_reported_in_the_users_file_not_the_sample(tmp_path):
+    rows = [{"instruction": "hi", "output": "there"}, {"instruction": "no output here"},
+            {"instruction": "a", "output": "b"}]
+    data = write_jsonl(tmp_path / "mine.jsonl", rows)
+    done = ftcore("run", REPO / "recipes" / "llama31-lora.yaml", f"datasets=[{{path: {data.name}, type: alpaca}}]",
+                  "--dry-run", cwd=tmp_path)
+    assert done.returncode == 2
+    assert f"error: {data.name}: row 2: missing field 'output'" in done.stderr
+    assert "sample.jsonl" not in done.stderr and "ftcore-dry-run" not in done.stderr

@@ -275,7 +275,7 @@ def sample_data(recipe, work: Path, images: bool) -> tuple[list[str], list[dict]
         overrides += [f"{key}.path={target}", f"{key}.split=null", f"{key}.data_files=null", f"{key}.name=null",
                       f"{key}.revision=null", f"{key}.ds_type=jsonl", f"{key}.shards=null"]
         notes.append({"path": spec.path, "source": how, "rows": total, "real": real, "sample": len(rows),
-                      "sample_chars": sum(_text_chars(r) for r in rows)})
+                      "sample_chars": sum(_text_chars(r) for r in rows), "sample_file": str(target)})
     if recipe.test_datasets:
         overrides.append("test_datasets=null")
     return overrides, notes
@@ -412,7 +412,10 @@ def rehearse(recipe, workdir: Path, train, plugins) -> int:
                   f"({recipe_type(recipe, note['path'])}); the real data's rows were not checked")
     for line in changed:
         print(f"dry run: changed: {line}")
-    result = train(overrides)
+    try:
+        result = train(overrides)
+    except FtcoreError as exc:
+        raise _named_for_the_user(exc, data_notes) from None
     reloaded = _reload(result.output_dir, plugins)
     took = time.monotonic() - started
     stats = _run_stats(result.output_dir)
@@ -421,6 +424,18 @@ def rehearse(recipe, workdir: Path, train, plugins) -> int:
     for line in plan(recipe, config, data_notes, stats if counted_tokens else {}, plugins):
         print(line)
     return 0
+
+
+def _named_for_the_user(exc: FtcoreError, notes: list[dict]) -> FtcoreError:
+    """``exc`` with each sample file's path replaced by the data the user named (a row number is the same:
+    the sample is the file's first rows, in order)."""
+    text = str(exc)
+    for note in notes:
+        if note.get("sample_file"):
+            where = note["path"] if note["source"] == "local file" else f"{note['path']} ({note['source']} sample)"
+            text = text.replace(note["sample_file"], where)
+    exc.args = (text,)
+    return exc
 
 
 def recipe_type(recipe, path):
