@@ -210,7 +210,10 @@ def show_recipe(args) -> int:
             print("# resolved from: " + " <- ".join(str(f) for f in raw.files))
         print(yaml.safe_dump(raw.data, sort_keys=False, allow_unicode=True), end="")
     else:
-        print(f"# file: {raw.path}")
+        if "://" in str(args.recipe):  # a remote recipe: the address the user gave, then where it is kept
+            print(f"# file: {str(args.recipe).split('#', 1)[0]} (sha256 checked; cached at {raw.path})")
+        else:
+            print(f"# file: {raw.path}")
         print(Path(raw.path).read_text(encoding="utf-8"), end="")
     return 0
 

@@ -249,6 +249,10 @@ def test_a_pinned_remote_recipe_downloads_checks_caches_and_works_offline(server
     assert cached.read_text() == REMOTE
     code, out, err = cli("validate", url)
     assert code == 0, err
+    code, out, err = cli("recipes", "show", url)
+    assert code == 0, err
+    assert f"# file: {base}/r.yaml (sha256 checked; cached at {cached})" in out
+    assert "lora_r: 12" in out
 
     httpd.shutdown()  # offline: the cache answers
     httpd.server_close()
