@@ -25,6 +25,7 @@ BUILTINS = {
     "input_output": "ftcore.plugins.formats.input_output",
     "pretrain": "ftcore.plugins.formats.pretrain",  # documents -> sequence_len chunks
     "chat_templates": "ftcore.plugins.formats.templates",  # llama3(_2_vision), chatml, qwen_25, jinja, ...
+    "named_templates": "ftcore.plugins.named_templates",  # Axolotl's template names: gemma3, qwen3, llama4, phi_4, ...
     "loss": "ftcore.plugins.loss",  # evaluator: loss and perplexity
     "lm_eval": "ftcore.plugins.lm_eval",  # evaluator: EleutherAI's lm-evaluation-harness tasks (optional extra)
     "generation": "ftcore.plugins.generation",  # evaluator: generated replies scored (exact_match, chrf, ...)
