@@ -32,6 +32,7 @@ example's extras.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -39,8 +40,17 @@ from pydantic import BaseModel, ConfigDict
 from ftcore.data import ContentPart, ContentRow, RowError
 from ftcore.data.tokenize import tokenize_segments
 from ftcore.errors import FtcoreError
+from ftcore.log import get_logger
 
-END_OF_TURN = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>")
+# The tokens that end a turn in the common families' chat formats (Llama 3, ChatML/Qwen, Phi-3, Gemma,
+# Llama 4, Cohere, ...), looked for in the rendered conversation when the recipe sets no ``eot_tokens``.
+END_OF_TURN = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|eot|>", "<|END_OF_TURN_TOKEN|>",
+               "<turn|>", "<|end_of_turn|>")
+# split_thinking: the tags that wrap a reasoning inside a reply, and those that wrap the answer after it
+THINKING_TAGS = (("<think>", "</think>"), ("<reasoning>", "</reasoning>"),
+                 ("<|begin_of_thought|>", "<|end_of_thought|>"))
+SOLUTION_TAGS = (("<|begin_of_solution|>", "<|end_of_solution|>"),)
+EOS_OPTIONS = Literal["turn", "last", "all", "none"]
 DEFAULT_ROLES = {"system": ["system"], "user": ["user", "human"], "assistant": ["assistant", "gpt", "model"],
                  "tool": ["tool"]}
 
@@ -61,8 +71,13 @@ class ChatOptions(BaseModel):
     message_field_role: str | None = None  # Axolotl's older spelling of the mappings
     message_field_content: str | None = None
     message_field_training: str | None = None
+    message_field_training_detail: str | None = None  # per message: [{begin_offset, end_offset, train}]
     roles_to_train: list[str] = ["assistant"]
-    train_on_eos: Literal["turn", "last", "all", "none"] = "turn"
+    train_on_eos: EOS_OPTIONS = "turn"
+    train_on_eot: EOS_OPTIONS | None = None  # None: as train_on_eos
+    field_thinking: str = "reasoning_content"  # the message key holding a reply's reasoning
+    template_thinking_key: str = "reasoning_content"  # the message key the chat template reads it from
+    split_thinking: bool = False  # <think>...</think> in an assistant content -> the reasoning
     roles: dict[str, list[str]] | None = None
     drop_system_message: bool = False
     chat_template: str | None = None  # Axolotl's per-dataset template: accepted when it matches the recipe's
@@ -87,18 +102,31 @@ def format_chat(row, dataset, ctx):
         finish = getattr(handler, "finish", None)
         if finish is not None:
             finish(content)
-    segments = conversation_segments(content.messages, ctx, options.roles_to_train, options.train_on_eos)
+    segments = conversation_segments(content.messages, ctx, trained_roles(options), options.train_on_eos,
+                                     options.train_on_eot)
     return content_example(segments, content)
+
+
+def role_aliases(options) -> dict:
+    """``{name in the data: role}`` from ``roles`` (or the defaults)."""
+    return {source: target for target, sources in (options.roles or DEFAULT_ROLES).items() for source in sources}
+
+
+def trained_roles(options) -> list:
+    """``roles_to_train`` as roles: a name the data uses (``gpt``, or one that ``roles`` maps) counts as its role."""
+    aliases = role_aliases(options)
+    return [aliases.get(role, role) for role in options.roles_to_train]
 
 
 def _check_reply(messages, options) -> None:
     """RowError when no message of the conversation would be trained: nothing to learn from the row."""
-    if options.train_on_eos == "all":
+    if "all" in (options.train_on_eos, options.train_on_eot):
         return
-    if any(m["train"] is True or (m["train"] is None and m["role"] in options.roles_to_train) for m in messages):
+    roles = trained_roles(options)
+    if any(m["train"] is True or (m["train"] is None and m["role"] in roles) for m in messages):
         return
-    roles = ", ".join(sorted({m["role"] for m in messages}))
-    raise RowError(f"the conversation has no reply to train on: its messages are {roles}, and roles_to_train is "
+    present = ", ".join(sorted({m["role"] for m in messages}))
+    raise RowError(f"the conversation has no reply to train on: its messages are {present}, and roles_to_train is "
                    f"{', '.join(options.roles_to_train) or 'empty'}", "no reply to train on")
 
 
@@ -199,12 +227,13 @@ def messages_of(row, options, content: ContentRow) -> list:
                        "wrong type")
     if not raw:
         raise RowError("empty conversation", "empty conversation")
-    aliases = {}
-    for target, sources in (options.roles or DEFAULT_ROLES).items():
-        for source in sources:
-            aliases[source] = target
+    aliases = role_aliases(options)
     role_key, content_key = options.role_key(), options.content_key()
     train_key = options.message_field_training or "train"
+    detail_key = getattr(options, "message_field_training_detail", None)
+    think_key = getattr(options, "template_thinking_key", None)
+    think_field = ((options.message_property_mappings or {}).get(think_key) or getattr(options, "field_thinking", None)
+                   if think_key else None)
     messages = []
     for i, message in enumerate(raw):
         where = f"message {i}"
@@ -227,16 +256,78 @@ def messages_of(row, options, content: ContentRow) -> list:
         if train is not None and not isinstance(train, bool):
             raise RowError(f"{where}: field '{train_key}' must be true or false, got {train!r}", "wrong type")
         text = content_text(message[content_key], where, i, content)
-        messages.append({"role": role, "content": text, "train": train})
+        item = {"role": role, "content": text, "train": train}
+        if detail_key and message.get(detail_key) is not None:
+            if not isinstance(message[content_key], str):
+                raise RowError(f"{where}: field '{detail_key}' needs a content that is a string", "wrong type")
+            item["train_detail"] = _train_detail(message[detail_key], f"{where}: field '{detail_key}'", len(text))
+            if train is None:
+                item["train"] = bool(item["train_detail"])  # Axolotl: a detail makes the turn a trained one
+        if think_field and message.get(think_field) is not None:
+            if not isinstance(message[think_field], str):
+                raise RowError(f"{where}: field '{think_field}' must be a string, got "
+                               f"{type(message[think_field]).__name__}", "wrong type")
+            item["thinking"] = (think_key, message[think_field])
+        if getattr(options, "split_thinking", False) and role == "assistant":
+            _split_thinking(item, think_key)
+        messages.append(item)
     if not any(m["role"] != "system" for m in messages):
         raise RowError("conversation has no user or assistant turn", "empty conversation")
     return messages
 
 
+def _train_detail(value, where: str, length: int) -> list:
+    """``message_field_training_detail``: ``[(begin, end, train)]``, ``end`` inclusive (Axolotl's offsets)."""
+    if not isinstance(value, list):
+        raise RowError(f"{where} must be a list of {{begin_offset, end_offset, train}}, got {type(value).__name__}",
+                       "wrong type")
+    spans = []
+    for k, span in enumerate(value):
+        if not (isinstance(span, dict) and isinstance(span.get("begin_offset"), int)
+                and isinstance(span.get("end_offset"), int) and isinstance(span.get("train"), bool)):
+            raise RowError(f"{where}[{k}] must be {{begin_offset: int, end_offset: int, train: true/false}}, got "
+                           f"{_short(span)}", "wrong type")
+        begin, end = span["begin_offset"], span["end_offset"]
+        if not 0 <= begin <= end < length:
+            raise RowError(f"{where}[{k}]: offsets {begin}..{end} are outside the content (characters 0.."
+                           f"{length - 1}; end_offset is the last character of the span)", "wrong value")
+        spans.append((begin, end, span["train"]))
+    return spans
+
+
+def _split_thinking(item: dict, think_key) -> None:
+    """``split_thinking``: a reasoning between thinking tags in an assistant content becomes the message's
+    reasoning (``template_thinking_key``), the rest its content (the answer between solution tags if any)."""
+    text = item["content"]
+    for opening, closing in THINKING_TAGS:
+        start, end = text.find(opening), text.find(closing)
+        if start < 0 or end < start:
+            continue
+        item["thinking"] = (think_key or "reasoning_content", text[start + len(opening):end].strip())
+        rest = text[end + len(closing):].lstrip()
+        for sol_open, sol_close in SOLUTION_TAGS:
+            a, b = rest.find(sol_open), rest.find(sol_close)
+            if a >= 0 and b > a:
+                rest = rest[a + len(sol_open):b].strip()
+                break
+        item["content"] = rest
+        item.pop("train_detail", None)  # its offsets counted the tags: they no longer fit the content
+        return
+
+
 # ── rendering and label spans ────────────────────────────────────────────────
 
 
-def _render(tokenizer, template, messages):
+def _template_message(m: dict) -> dict:
+    """A message as the chat template sees it: role, content, and the reasoning under the template's key."""
+    out = {"role": m["role"], "content": m["content"]}
+    if m.get("thinking"):
+        key, text = m["thinking"]
+        out[key] = text
+    return out
+
+
+def _render(tokenizer, template, messages, add_generation_prompt=False):
     """The conversation rendered by the template, in transformers' Jinja sandbox.
 
     A template that reaches for what the sandbox forbids (Python attributes, ``__class__``, ...) or does not
@@ -246,8 +337,8 @@ def _render(tokenizer, template, messages):
     from jinja2.exceptions import SecurityError
 
     try:
-        return tokenizer.apply_chat_template([{"role": m["role"], "content": m["content"]} for m in messages],
-                                             chat_template=template, tokenize=False)
+        return tokenizer.apply_chat_template([_template_message(m) for m in messages], chat_template=template,
+                                             tokenize=False, add_generation_prompt=add_generation_prompt)
     except SecurityError as exc:
         raise FtcoreError(f"chat template: refused by Jinja's sandbox ({exc}); chat templates render sandboxed and "
                           f"cannot reach Python objects: use chat_template: with a shipped name, or a template "
@@ -317,14 +408,47 @@ def _end_of_turn(full, start, end, eot_strings):
     return None
 
 
-def conversation_segments(messages, ctx, roles_to_train=("assistant",), train_on_eos="turn"):
+def end_of_turn_strings(ctx, full: str) -> list:
+    """The strings that end a turn in ``full``: the recipe's ``eot_tokens`` when it sets them (only those,
+    as Axolotl reads them), else those of ``END_OF_TURN`` the text contains, else the tokenizer's EOS."""
+    eos = ctx.tokenizer.eos_token
+    wanted = ctx.recipe.get("eot_tokens") if hasattr(ctx.recipe, "get") else None
+    if wanted:
+        found = [t for t in wanted if t in full]
+        _warn_unrendered(ctx.chat_template or "", tuple(wanted))
+        return found
+    return [t for t in END_OF_TURN if t in full] or ([eos] if eos else [])
+
+
+@lru_cache(maxsize=32)
+def _warn_unrendered(template: str, tokens: tuple) -> None:
+    """Once per template: the recipe's ``eot_tokens`` that the chat template never writes (they end no turn)."""
+    missing = [t for t in tokens if t not in template]
+    if missing and template:
+        get_logger(__name__).warning("eot_tokens: %s not in the chat template: no turn ends with %s, so %s never "
+                                     "trains", ", ".join(missing), "it" if len(missing) == 1 else "them",
+                                     "it" if len(missing) == 1 else "they")
+
+
+def _wants(option, trained: bool, last: bool) -> bool:
+    """Whether ``train_on_eos`` / ``train_on_eot`` = ``option`` trains this turn's token."""
+    return option == "all" or (trained and (option == "turn" or (option == "last" and last)))
+
+
+def conversation_segments(messages, ctx, roles_to_train=("assistant",), train_on_eos="turn", train_on_eot=None):
     """``messages`` (``[{"role", "content", "train"}]``, contents as text) rendered by the chat template,
     as ``(text, trained)`` segments.
 
-    A message's ``train`` (true / false) wins over ``roles_to_train``; ``train_on_eos`` is ``"turn"``
-    (each trained turn's end-of-turn token), ``"last"`` (the last trained turn's), ``"all"`` or ``"none"``.
-    The recipe's ``default_system_message`` goes first when the conversation has no system message;
-    ``train_on_inputs: true`` trains everything.
+    A message's ``train`` (true / false) wins over ``roles_to_train``. ``train_on_eot`` (default: as
+    ``train_on_eos``) says which turns' end-of-turn tokens train (the recipe's ``eot_tokens``, else the
+    known ones the text contains: ``end_of_turn_strings``): ``"turn"`` (each trained turn's), ``"last"``
+    (the last trained turn's), ``"all"`` or ``"none"``; ``train_on_eos`` says the same of the
+    tokenizer's EOS token when it follows a turn and is not an end-of-turn token itself. A message may
+    also carry ``train_detail`` (``[(begin, end, train)]``, character offsets into its content, ``end``
+    inclusive: only the ``train`` spans of a trained turn train) and ``thinking`` (``(template key,
+    reasoning)``: rendered under that key; in a trained turn it trains from where the model's output
+    starts). The recipe's ``default_system_message`` goes first when the conversation has no system
+    message; ``train_on_inputs: true`` trains everything.
     """
     if ctx.recipe.default_system_message and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": ctx.recipe.default_system_message, "train": None})
@@ -335,25 +459,73 @@ def conversation_segments(messages, ctx, roles_to_train=("assistant",), train_on
     full = _render(ctx.tokenizer, template, messages)
     if ctx.recipe.train_on_inputs:
         return [(full, True)]
-    eot_strings = [t for t in END_OF_TURN if t in full] or [ctx.tokenizer.eos_token]
+    train_on_eot = train_on_eot or train_on_eos
+    eot_strings = end_of_turn_strings(ctx, full)
+    eos = ctx.tokenizer.eos_token
+    if eos and eos in eot_strings and train_on_eot != train_on_eos:
+        raise FtcoreError(f"train_on_eot ({train_on_eot}) differs from train_on_eos ({train_on_eos}), but the EOS "
+                          f"token {eos} is one of the tokens that end a turn (eot_tokens): it cannot follow both; "
+                          f"make them equal, or leave train_on_eot out")
     trained_turns = [i for i, m in enumerate(messages)
                      if (m["train"] if m["train"] is not None else m["role"] in roles_to_train)]
+    last = trained_turns[-1] if trained_turns else None
     starts = _turn_starts(ctx.tokenizer, template, messages, full)
     spans = []
     for i in range(len(messages)):
         train_this = i in trained_turns
         reply_start, reply_end = _reply(ctx.tokenizer, template, messages, i, full, starts[i], starts[i + 1],
                                         eot_strings, train_this)
+        detail = messages[i].get("train_detail") if train_this else None
+        if train_this and detail is not None:
+            spans += _detail_spans(messages[i]["content"], full, reply_start, reply_end, detail)
+        elif train_this and reply_end > reply_start:
+            spans.append((_output_start(ctx.tokenizer, template, messages, i, full, starts[i], reply_start),
+                          reply_end))
+        # a trained reply runs on to its end-of-turn token (and an EOS right after it); otherwise just the token
+        runs_on = train_this and detail is None
+        pos = reply_end
         eot = _end_of_turn(full, reply_end, starts[i + 1], eot_strings)
-        want_eot = (train_on_eos == "all" or
-                    (train_this and train_on_eos == "turn") or
-                    (train_this and train_on_eos == "last" and i == trained_turns[-1]))
-        if train_this and reply_end > reply_start:
-            spans.append((reply_start, reply_end))
-        if want_eot and eot is not None:
-            # a trained reply runs on to its end-of-turn token; otherwise just the token
-            spans.append((reply_end, eot[1]) if train_this else eot)
+        if eot is not None:
+            if _wants(train_on_eot, train_this, i == last):
+                spans.append((reply_end, eot[1]) if runs_on else eot)
+            else:
+                runs_on = False
+            pos = eot[1]
+        if eos and eos not in eot_strings:
+            found = _end_of_turn(full, pos, starts[i + 1], [eos])
+            if found is not None and _wants(train_on_eos, train_this, i == last):
+                spans.append((pos, found[1]) if runs_on else found)
     return _segments(full, sorted(spans))
+
+
+def _detail_spans(raw, full, reply_start, reply_end, detail):
+    """The trained character spans of a reply given by its ``train_detail`` (offsets into ``raw``)."""
+    located = full[reply_start:reply_end]
+    lead = 0 if located == raw else max(raw.find(located), 0)  # the template trimmed the content
+    base = reply_start - lead
+    spans = []
+    for begin, end, train in detail:
+        if train:
+            a, b = max(base + begin, reply_start), min(base + end + 1, reply_end)
+            if b > a:
+                spans.append((a, b))
+    return spans
+
+
+def _output_start(tokenizer, template, messages, i, full, begin, reply_start):
+    """Where message i's trained text starts: its content, or, when it carries a reasoning the template
+    rendered before the content, the end of the generation prompt (the model writes the thinking tags too)."""
+    thinking = messages[i].get("thinking")
+    if not thinking or not thinking[1] or thinking[1] not in full[begin:reply_start]:
+        return reply_start
+    try:
+        prompt = _render(tokenizer, template, messages[:i], add_generation_prompt=True)
+    except RowError:
+        prompt = ""
+    at = full[begin:reply_start].rfind(thinking[1]) + begin
+    if full.startswith(prompt) and begin <= len(prompt) <= at:
+        return len(prompt)
+    return at
 
 
 def _segments(text, spans):

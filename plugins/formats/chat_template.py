@@ -8,15 +8,41 @@ ShareGPT's defaults, so the two are one implementation, and a format that builds
 its messages another way calls ``ftcore.api.conversation_segments``. See
 docs/data.md for which tokens train.
 
+The top-level ``eot_tokens`` (Axolotl's key) is owned here: the tokens that end
+a turn, trained with the turn as ``train_on_eot`` says (per dataset; default:
+as ``train_on_eos``). Unset, the core looks for the end-of-turn tokens of the
+common families (``<|eot_id|>``, ``<|im_end|>``, ``<|end|>``, ...) in the
+rendered text, else uses the tokenizer's EOS.
+
 A message's content may be a list of parts; non-text parts (images) go to the
 content-part handler a plugin registers for their type (the vision plugin
 handles ``image``). Without one, such a row is a bad row.
 """
 
+from pydantic import Field, field_validator
+
 from ftcore import hookimpl
-from ftcore.api import ChatOptions, format_chat
+from ftcore.api import ChatOptions, RecipeKeys, format_chat
 
 FTCORE_CONTRACT = "1"
+
+
+class ChatKeys(RecipeKeys):
+    eot_tokens: list[str] | None = Field(None, description="the tokens that end a turn in the chat template "
+                                                           "(trained with the turn, see train_on_eot); unset: the "
+                                                           "known end-of-turn tokens the template writes, else EOS")
+
+    @field_validator("eot_tokens")
+    @classmethod
+    def _not_blank(cls, tokens):
+        if tokens is not None and any(not t for t in tokens):
+            raise ValueError("each end-of-turn token must be a non-empty string, such as <|eot_id|>")
+        return tokens or None
+
+
+@hookimpl(trylast=True)
+def recipe_keys(register):
+    register(ChatKeys)
 
 
 @hookimpl(trylast=True)
