@@ -192,3 +192,31 @@ def test_legacy_styles_render_exactly_and_train_the_reply_and_eos(llama, type, r
     example = run(llama, row, type=type, chat_template=None)
     assert text(llama, example) == "<|begin_of_text|>" + prompt + reply + "<|eot_id|>"
     assert "".join(trained_runs(llama, example)).strip() == reply + "<|eot_id|>"
+
+
+# ── chat_template_kwargs ─────────────────────────────────────────────────────
+
+# Qwen3's switch: with enable_thinking false, a reply opens with an empty think block
+SWITCH = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+          "{% if m['role'] == 'assistant' and enable_thinking is defined and not enable_thinking %}"
+          "<think>\n\n</think>\n\n{% endif %}{{ m['content'] }}<|im_end|>\n{% endfor %}")
+
+
+def test_chat_template_kwargs_reach_the_template_as_variables(qwen):
+    messages = CONVERSATION[:2]
+    plain = run(qwen, {"messages": messages}, jinja=SWITCH)
+    assert "<think>" not in text(qwen, plain)
+    off = run(qwen, {"messages": messages}, jinja=SWITCH, recipe_keys={"chat_template_kwargs": {"enable_thinking": False}})
+    assert text(qwen, off).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\nHi there<|im_end|>\n")
+    # the empty think block is the template's scaffolding (Qwen3 writes it into the generation prompt): not trained
+    assert trained_runs(qwen, off) == ["Hi there<|im_end|>"]
+    on = run(qwen, {"messages": messages}, jinja=SWITCH, recipe_keys={"chat_template_kwargs": {"enable_thinking": True}})
+    assert "<think>" not in text(qwen, on)
+
+
+def test_chat_template_kwargs_names_must_be_template_variables():
+    from ftcore.errors import RecipeError
+
+    with pytest.raises(RecipeError) as info:
+        validate(RawRecipe({"base_model": "x/y", "chat_template_kwargs": {"enable-thinking": False}}, None), PLUGINS)
+    assert "chat_template_kwargs" in info.value.problems[0][0] and "enable-thinking" in info.value.problems[0][1]

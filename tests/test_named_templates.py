@@ -79,8 +79,42 @@ CASES = {
                     ("<｜begin▁of▁sentence｜>Be brief.<｜User｜>Hello<｜Assistant｜>Hi there<｜end▁of▁sentence｜>"
                      "<｜User｜>Name a color<｜Assistant｜>Red<｜end▁of▁sentence｜>"),
                     ["Hi there<｜end▁of▁sentence｜>", "Red<｜end▁of▁sentence｜>"]),
+    "qwen3_5": (["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<|vision_start|>",
+                 "<|image_pad|>", "<|video_pad|>", "<|vision_end|>"], None, "<|im_end|>",
+                ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHello<|im_end|>\n"
+                 "<|im_start|>assistant\n<think>\n\n</think>\n\nHi there<|im_end|>\n"
+                 "<|im_start|>user\nName a color<|im_end|>\n"
+                 "<|im_start|>assistant\n<think>\n\n</think>\n\nRed<|im_end|>\n"),
+                ["Hi there<|im_end|>", "Red<|im_end|>"]),
+    "qwen2_vl": (["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>",
+                  "<|video_pad|>", "<|vision_end|>"], None, "<|im_end|>",
+                 ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHello<|im_end|>\n"
+                  "<|im_start|>assistant\nHi there<|im_end|>\n<|im_start|>user\nName a color<|im_end|>\n"
+                  "<|im_start|>assistant\nRed<|im_end|>\n"),
+                 ["Hi there<|im_end|>", "Red<|im_end|>"]),
+    "falcon_h1": (["<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>"], "<|begin_of_text|>",
+                  "<|im_end|>",
+                  ("<|begin_of_text|><|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHello<|im_end|>\n"
+                   "<|im_start|>assistant\nHi there<|im_end|>\n<|im_start|>user\nName a color<|im_end|>\n"
+                   "<|im_start|>assistant\nRed<|im_end|>\n"),
+                  ["Hi there<|im_end|>", "Red<|im_end|>"]),
+    "gemma4": (["<bos>", "<eos>", "<|turn>", "<turn|>", "<|image|>", "<|audio|>"], "<bos>", "<turn|>",
+               ("<bos><|turn>system\nBe brief.<turn|>\n<|turn>user\nHello<turn|>\n<|turn>model\nHi there<turn|>\n"
+                "<|turn>user\nName a color<turn|>\n<|turn>model\nRed<turn|>\n"),
+               ["Hi there<turn|>", "Red<turn|>"]),
+    "pixtral": (["<s>", "</s>", "[INST]", "[/INST]", "[IMG]"], "<s>", "</s>",
+                "<s>[INST]Be brief.\n\nHello[/INST]Hi there</s>[INST]Name a color[/INST]Red</s>",
+                ["Hi there</s>", "Red</s>"]),
+    "llava": (["<s>", "</s>", "<image>"], "<s>", "</s>",
+              "<s>Be brief. USER: Hello ASSISTANT: Hi there</s>USER: Name a color ASSISTANT: Red</s>",
+              ["Hi there</s>", "Red</s>"]),
+    "jamba": (["<|startoftext|>", "<|endoftext|>", "<|bom|>", "<|eom|>", "<|system|>", "<|user|>", "<|assistant|>"],
+              "<|startoftext|>", "<|eom|>",
+              ("<|startoftext|><|bom|><|system|> Be brief.<|eom|><|bom|><|user|> Hello<|eom|>"
+               "<|bom|><|assistant|> Hi there<|eom|><|bom|><|user|> Name a color<|eom|><|bom|><|assistant|> Red<|eom|>"),
+              ["Hi there<|eom|>", "Red<|eom|>"]),
 }
-SAME_TEXT = {"gemma": "gemma3", "gemma3n": "gemma3", "phi_3": "phi_35"}
+SAME_TEXT = {"gemma": "gemma3", "gemma3n": "gemma3", "phi_3": "phi_35", "gemma4_unified": "gemma4", "aya": "cohere"}
 
 _TOKENIZERS = {}
 
@@ -166,7 +200,11 @@ def test_gemma_without_system_opens_each_user_turn():
                                          ("llama4", "<|header_start|>assistant<|header_end|>\n\n"),
                                          ("phi_35", "<|assistant|>\n"), ("phi_4", "<|im_start|>assistant<|im_sep|>"),
                                          ("cohere", "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>"),
-                                         ("deepseek_v3", "<｜Assistant｜>")])
+                                         ("deepseek_v3", "<｜Assistant｜>"),
+                                         ("qwen3_5", "<|im_start|>assistant\n<think>\n"),
+                                         ("qwen2_vl", "<|im_start|>assistant\n"),
+                                         ("falcon_h1", "<|im_start|>assistant\n"), ("gemma4", "<|turn>model\n"),
+                                         ("llava", "ASSISTANT:"), ("jamba", "<|bom|><|assistant|>")])
 def test_generation_prompt(name, prompt):
     messages = CONVERSATION[:4]
     assert render(name, messages, add_generation_prompt=True) == render(name, messages) + prompt
@@ -202,7 +240,7 @@ def test_replies_that_are_scaffolding_words_are_found_in_place(name):
     assert runs(tokenizer, example) == ["model" + eot, "a" + eot]
 
 
-@pytest.mark.parametrize("name", ["gemma3", "llama2", "mistral_v1", "mistral_v2v3", "mistral_v3_tekken"])
+@pytest.mark.parametrize("name", ["gemma3", "llama2", "mistral_v1", "mistral_v2v3", "mistral_v3_tekken", "pixtral"])
 def test_folded_system_prompt_is_never_trained(name):
     tokenizer = tiny_tokenizer(name)
     example = format_one(tokenizer, {"messages": CONVERSATION}, "chat_template", chat_template=name,
@@ -232,7 +270,8 @@ def test_random_conversations_train_exactly_the_replies(name):
         assert runs(tokenizer, example) == replies, messages
 
 
-@pytest.mark.parametrize("name", ["gemma3", "qwen3", "llama4", "mistral_v7_tekken", "cohere", "deepseek_v3"])
+@pytest.mark.parametrize("name", ["gemma3", "qwen3", "llama4", "mistral_v7_tekken", "cohere", "deepseek_v3", "qwen3_5",
+                                  "gemma4", "falcon_h1"])
 def test_a_recipe_naming_the_template_prepares_masked_examples(name, tmp_path):
     tokenizer = tiny_tokenizer(name)
     path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": CONVERSATION}, {"messages": CONVERSATION[1:3]}])
@@ -240,3 +279,66 @@ def test_a_recipe_naming_the_template_prepares_masked_examples(name, tmp_path):
     assert len(data.train) == 2
     assert [runs(tokenizer, example) for example in data.train] == [CASES[name][4], CASES[name][4][:1]]
     assert decode(tokenizer, data.train[0]["input_ids"]) == CASES[name][3]
+
+
+def test_qwen3_5_renders_reasoning_in_every_reply_and_opens_it_in_the_generation_prompt():
+    messages = [{"role": "user", "content": "Hello"},
+                {"role": "assistant", "content": "Hi there", "reasoning_content": "\nThe user greets me.\n"}]
+    assert render("qwen3_5", messages) == ("<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"
+                                           "<think>\nThe user greets me.\n</think>\n\nHi there<|im_end|>\n")
+    assert render("qwen3_5", messages[:1], add_generation_prompt=True, enable_thinking=False).endswith(
+        "<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    tokenizer = tiny_tokenizer("qwen3_5")
+    example = format_one(tokenizer, {"messages": messages}, "chat_template", chat_template="qwen3_5")
+    (trained,) = runs(tokenizer, example)  # the reasoning trains with the reply; the tag opening it does not
+    assert trained.lstrip("\n") == "The user greets me.\n</think>\n\nHi there<|im_end|>"
+
+
+def test_qwen2_vl_adds_its_default_system_turn_only_without_a_system_message():
+    assert render("qwen2_vl", CONVERSATION[1:3]) == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nHello<|im_end|>\n"
+        "<|im_start|>assistant\nHi there<|im_end|>\n")
+    assert render("qwen2_vl", CONVERSATION).count("<|im_start|>system") == 1
+
+
+def test_gemma4_without_system_has_no_system_turn():
+    assert render("gemma4", CONVERSATION[1:3]) == ("<bos><|turn>user\nHello<turn|>\n"
+                                                  "<|turn>model\nHi there<turn|>\n")
+
+
+# A user message given as a list of parts, as a processor's messages are: each image stands as the family's
+# placeholder, in place.
+PARTS = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]},
+         {"role": "assistant", "content": "A cat"}]
+
+
+IMAGE = {"qwen3_5": "<|vision_start|><|image_pad|><|vision_end|>", "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+         "gemma4": "<|image|>", "pixtral": "[IMG]", "llava": "<image>\n"}
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("qwen3_5", "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What is it?<|im_end|>\n"
+                "<|im_start|>assistant\n<think>\n\n</think>\n\nA cat<|im_end|>\n"),
+    ("qwen2_vl", "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+                 "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What is it?<|im_end|>\n"
+                 "<|im_start|>assistant\nA cat<|im_end|>\n"),
+    ("gemma4", "<bos><|turn>user\n<|image|>What is it?<turn|>\n<|turn>model\nA cat<turn|>\n"),
+    ("pixtral", "<s>[INST][IMG]What is it?[/INST]A cat</s>"),
+    ("llava", "<s>USER: <image>\nWhat is it? ASSISTANT: A cat</s>"),
+])
+def test_image_parts_render_as_the_family_placeholder(name, expected):
+    assert render(name, PARTS) == expected
+    # the same text as the string content ftcore's conversation formatter gives the template
+    assert render(name, [{"role": "user", "content": IMAGE[name] + "What is it?"}, PARTS[1]]) == expected
+
+
+def test_jamba_trains_its_end_of_message_token_when_the_eos_is_another():
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tiny_tokenizer("jamba").backend_tokenizer,
+                                        bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    example = format_one(tokenizer, {"messages": CONVERSATION}, "chat_template", chat_template="jamba")
+    assert runs(tokenizer, example) == ["Hi there<|eom|>", "Red<|eom|>"]  # <|eom|> is a known end of turn
+    example = format_one(tokenizer, {"messages": CONVERSATION}, "chat_template", chat_template="jamba",
+                         recipe_keys={"eot_tokens": ["<|eom|>"]})
+    assert runs(tokenizer, example) == ["Hi there<|eom|>", "Red<|eom|>"]

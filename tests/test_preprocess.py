@@ -249,12 +249,21 @@ def test_a_hub_dataset_is_keyed_by_name_and_revision(llama, tmp_path, capsys):
 
 
 def test_every_recipe_key_a_builtin_format_reads_is_in_the_key():
-    read = set()
+    read, owned_reads = set(), set()
     for path in [*(REPO / "plugins" / "formats").glob("*.py"), REPO / "core" / "data" / "chat.py"]:
-        read |= set(re.findall(r"\brecipe\.([a-z_]+)", path.read_text(encoding="utf-8")))
+        text = path.read_text(encoding="utf-8")
+        read |= set(re.findall(r"\brecipe\.([a-z_]+)", text)) - {"get"}
+        owned_reads |= set(re.findall(r"\brecipe\.get\(\"([a-z_]+)\"", text))
     assert read, "the formats read no recipe key? the pattern is wrong"
     missing = read - set(cache.RECIPE_KEYS)
     assert not missing, f"formats read {sorted(missing)}: add them to cache.RECIPE_KEYS"
+    # a plugin's key (recipe.get) is in the key through the plugins' key models
+    from ftcore.hooks import recipe_keys
+    from ftcore.plugins_manager import load_plugins
+
+    assert owned_reads, "no format reads a plugin's key? the pattern is wrong"
+    unowned = owned_reads - set(recipe_keys(load_plugins()))
+    assert not unowned, f"formats read {sorted(unowned)} with recipe.get, which no plugin's recipe_keys declares"
 
 
 # ── a broken or half-written cache ─────────────────────────────────────────

@@ -43,9 +43,9 @@ from ftcore.errors import FtcoreError
 from ftcore.log import get_logger
 
 # The tokens that end a turn in the common families' chat formats (Llama 3, ChatML/Qwen, Phi-3, Gemma,
-# Llama 4, Cohere, ...), looked for in the rendered conversation when the recipe sets no ``eot_tokens``.
+# Llama 4, Cohere, Gemma 4, Jamba, ...), looked for in the rendered conversation when the recipe sets no ``eot_tokens``.
 END_OF_TURN = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|eot|>", "<|END_OF_TURN_TOKEN|>",
-               "<turn|>", "<|end_of_turn|>")
+               "<turn|>", "<|end_of_turn|>", "<|eom|>")
 # split_thinking: the tags that wrap a reasoning inside a reply, and those that wrap the answer after it
 THINKING_TAGS = (("<think>", "</think>"), ("<reasoning>", "</reasoning>"),
                  ("<|begin_of_thought|>", "<|end_of_thought|>"))
@@ -318,6 +318,29 @@ def _split_thinking(item: dict, think_key) -> None:
 # ── rendering and label spans ────────────────────────────────────────────────
 
 
+def _jinja_literal(value) -> str:
+    """A JSON-like value as a Jinja literal."""
+    import json
+
+    if value is None or isinstance(value, bool):
+        return {None: "none", True: "true", False: "false"}[value]
+    if isinstance(value, (int, float, str)):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_jinja_literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {_jinja_literal(v)}" for k, v in value.items()) + "}"
+    raise FtcoreError(f"chat_template_kwargs: {value!r} is not a string, number, true/false, list or mapping")
+
+
+def with_template_variables(template: str, variables: dict | None) -> str:
+    """``template`` with ``variables`` (Axolotl's ``chat_template_kwargs``, e.g. ``enable_thinking: false``) set
+    before it renders, as ``apply_chat_template(..., **variables)`` would pass them."""
+    if not variables:
+        return template
+    return "".join(f"{{%- set {name} = {_jinja_literal(value)} -%}}" for name, value in variables.items()) + template
+
+
 def _template_message(m: dict) -> dict:
     """A message as the chat template sees it: role, content, and the reasoning under the template's key."""
     out = {"role": m["role"], "content": m["content"]}
@@ -456,6 +479,8 @@ def conversation_segments(messages, ctx, roles_to_train=("assistant",), train_on
     if not template:
         raise FtcoreError("conversations (type: chat_template or sharegpt) need a chat template, and the "
                           "tokenizer has none; set chat_template: (llama3, chatml, qwen_25, jinja, ...) in the recipe")
+    template = with_template_variables(template, ctx.recipe.get("chat_template_kwargs")
+                                       if hasattr(ctx.recipe, "get") else None)
     full = _render(ctx.tokenizer, template, messages)
     if ctx.recipe.train_on_inputs:
         return [(full, True)]

@@ -19,6 +19,8 @@ content-part handler a plugin registers for their type (the vision plugin
 handles ``image``). Without one, such a row is a bad row.
 """
 
+from typing import Any
+
 from pydantic import Field, field_validator
 
 from ftcore import hookimpl
@@ -31,6 +33,19 @@ class ChatKeys(RecipeKeys):
     eot_tokens: list[str] | None = Field(None, description="the tokens that end a turn in the chat template "
                                                            "(trained with the turn, see train_on_eot); unset: the "
                                                            "known end-of-turn tokens the template writes, else EOS")
+
+    chat_template_kwargs: dict[str, Any] | None = Field(None, description="variables the chat template reads "
+                                                                          "while rendering, as transformers' "
+                                                                          "apply_chat_template(**kwargs) passes "
+                                                                          "them: e.g. {enable_thinking: false}")
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _names(cls, variables):
+        for name in variables or {}:
+            if not name.isidentifier():
+                raise ValueError(f"'{name}' is not a template variable name (letters, digits and _)")
+        return variables or None
 
     @field_validator("eot_tokens")
     @classmethod

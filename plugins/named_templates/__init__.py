@@ -15,6 +15,10 @@ formatter can find each turn in the rendered text:
   system message renders the opening of that user turn, and the user message
   right after it renders the rest, so the system text stays in its own turn.
 - Contents are trimmed where the family's own template trims them.
+- A content given as a list of parts (a processor's messages) renders its
+  text parts and, in the vision families' templates, the family's
+  placeholder where each image stands; ftcore's own formatter passes string
+  contents, already holding whatever text a content-part handler gave.
 """
 
 from ftcore import hookimpl

@@ -8,6 +8,29 @@ where the families' formats are the same for text conversations.
 # a system role): rendered by the system message itself, so each turn's text is its own.
 _AFTER_SYSTEM = "{% set after_system = loop.index0 > 0 and messages[loop.index0 - 1]['role'] == 'system' %}"
 
+
+def _content(placeholders, trim=False):
+    """Jinja writing the message's content: a string as it is, or a list of parts with each text part's text
+    and, where a part of another type stands, its placeholder (``placeholders``: part type -> text);
+    trimmed where the family trims.
+
+    ftcore's conversation formatter gives templates string contents (a plugin's content-part handler has
+    already put its text in place of each part); the list form is for rendering a processor's messages
+    directly (inference)."""
+    parts = ("{% set parts = namespace(text='') %}"
+             "{% for part in message['content'] %}"
+             "{% if part is string %}{% set parts.text = parts.text + part %}"
+             "{% elif part['type'] == 'text' %}{% set parts.text = parts.text + part['text'] %}")
+    for kind, text in placeholders.items():
+        parts += "{% elif part['type'] == '" + kind + "' %}{% set parts.text = parts.text + " + repr(text) + " %}"
+    parts += "{% endif %}{% endfor %}"
+    out = " | trim" if trim else ""
+    # it ends with an expression, not a block tag: transformers renders with trim_blocks, which would eat a
+    # newline right after the template's {% endif %}
+    return ("{% if message['content'] is string %}{% set content = message['content'] %}"
+            "{% else %}" + parts + "{% set content = parts.text %}{% endif %}{{ content" + out + " }}")
+
+
 # Gemma (1, 2, 3, 3n): <start_of_turn>user|model ... <end_of_turn>; the system prompt opens the first user
 # turn, followed by a blank line; contents trimmed; BOS first.
 GEMMA = (
@@ -75,20 +98,20 @@ PHI_4 = (
 )
 
 
-def _inst(open_, close, reply):
+def _inst(open_, close, reply, content="{{ message['content'] }}"):
     """Mistral's [INST] formats before v7: BOS once, ``open_`` user ``close``, ``reply`` + EOS; the system
-    prompt opens the first user turn, followed by a blank line."""
+    prompt opens the first user turn, followed by a blank line. ``content`` writes a message's content."""
     return (
         "{{ bos_token }}"
         "{% for message in messages %}" + _AFTER_SYSTEM +
         "{% if message['role'] == 'system' %}"
-        + open_ + "{{ message['content'] }}\n\n"
+        + open_ + content + "\n\n"
         "{% elif message['role'] == 'user' %}"
         "{% if not after_system %}" + open_ + "{% endif %}"
-        "{{ message['content'] }}" + close +
+        + content + close +
         "{% elif message['role'] == 'assistant' %}"
         "{% if after_system %}" + close + "{% endif %}"
-        + reply + "{{ message['content'] }}{{ eos_token }}"
+        + reply + content + "{{ eos_token }}"
         "{% endif %}"
         "{% endfor %}"
     )
@@ -162,6 +185,92 @@ DEEPSEEK_V3 = (
     "{% if add_generation_prompt %}<｜Assistant｜>{% endif %}"
 )
 
+# Qwen's vision placeholders (Qwen2-VL, Qwen2.5-VL, Qwen3.5): an image or video part stands in its text.
+_QWEN_CONTENT = _content({"image": "<|vision_start|><|image_pad|><|vision_end|>",
+                           "video": "<|vision_start|><|video_pad|><|vision_end|>"})
+
+# Qwen3.5: ChatML; every assistant turn opens with its reasoning inside <think> ... </think> and a blank line,
+# an empty block (<think>\n\n</think>\n\n) when the message has no reasoning_content, as Qwen3.5 writes the
+# replies after the last user message; the generation prompt opens the reasoning (<think>\n), or writes the
+# empty block with enable_thinking=false. Tool results as in QWEN3; image and video parts as Qwen's
+# vision placeholders. No default system prompt.
+QWEN3_5 = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'tool' %}"
+    "<|im_start|>user\n<tool_response>\n{{ message['content'] }}\n</tool_response><|im_end|>\n"
+    "{% elif message['role'] == 'assistant' %}"
+    "<|im_start|>assistant\n<think>\n{{ message['reasoning_content'] | default('', true) | trim }}\n</think>\n\n"
+    + _QWEN_CONTENT + "<|im_end|>\n"
+    "{% else %}"
+    "<|im_start|>{{ message['role'] }}\n" + _QWEN_CONTENT + "<|im_end|>\n"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}{{ '\\n</think>\\n\\n' }}{% endif %}"
+    "{% endif %}"
+)
+
+# Qwen2-VL / Qwen2.5-VL: ChatML with Qwen2-VL's default system turn ("You are a helpful assistant.") when the
+# conversation does not open with a system message; image and video parts as Qwen's vision placeholders.
+QWEN2_VL = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n" + _QWEN_CONTENT + "<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Falcon-H1: BOS, then ChatML.
+FALCON_H1 = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Gemma 4: BOS, <|turn>system|user|model and a newline, the content trimmed, <turn|> and a newline (a system
+# role of its own, unlike Gemma 1-3); an image part is <|image|>, an audio part <|audio|>. Reasoning is not
+# rendered (Gemma 4 keeps earlier turns' thoughts out of the conversation).
+GEMMA4 = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "<|turn>{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
+    + _content({"image": "<|image|>", "audio": "<|audio|>"}, trim=True) +
+    "<turn|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|turn>model\n{% endif %}"
+)
+
+# Pixtral 12B (Mistral NeMo's Tekken format): as MISTRAL_V3_TEKKEN; an image part is [IMG].
+PIXTRAL = _inst("[INST]", "[/INST]", "", content=_content({"image": "[IMG]"}))
+
+# LLaVA 1.5 (Vicuna v1 conversation): BOS, the system prompt and a space, "USER: ... ", "ASSISTANT: reply" + EOS;
+# an image part is <image> and a newline.
+_LLAVA_CONTENT = _content({"image": "<image>\n"})
+LLAVA = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}" + _LLAVA_CONTENT + " "
+    "{% elif message['role'] == 'user' %}USER: " + _LLAVA_CONTENT + " "
+    "{% elif message['role'] == 'assistant' %}ASSISTANT: " + _LLAVA_CONTENT + "{{ eos_token }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+# Jamba 1.5: <|startoftext|>, then each message as <|bom|><|role|>, a space, the content and <|eom|>; the
+# generation prompt is <|bom|><|assistant|> (the reply brings its own leading space).
+JAMBA = (
+    "<|startoftext|>"
+    "{% for message in messages %}"
+    "<|bom|><|{{ message['role'] }}|> {{ message['content'] }}<|eom|>"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|bom|><|assistant|>{% endif %}"
+)
+
 TEMPLATES = {
     "gemma": GEMMA, "gemma3": GEMMA, "gemma3n": GEMMA,
     "qwen3": QWEN3,
@@ -171,6 +280,13 @@ TEMPLATES = {
     "mistral_v1": MISTRAL_V1, "mistral_v2v3": MISTRAL_V2V3, "mistral_v3_tekken": MISTRAL_V3_TEKKEN,
     "mistral_v7_tekken": MISTRAL_V7_TEKKEN,
     "llama2": LLAMA2,
-    "cohere": COHERE,
+    "cohere": COHERE, "aya": COHERE,
     "deepseek_v2": DEEPSEEK_V2, "deepseek_v3": DEEPSEEK_V3,
+    "qwen3_5": QWEN3_5,
+    "qwen2_vl": QWEN2_VL,
+    "falcon_h1": FALCON_H1,
+    "gemma4": GEMMA4, "gemma4_unified": GEMMA4,
+    "pixtral": PIXTRAL,
+    "llava": LLAVA,
+    "jamba": JAMBA,
 }
