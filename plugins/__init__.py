@@ -18,6 +18,8 @@ BUILTINS = {
     "chunked_loss": "ftcore.plugins.chunked_loss",  # chunked_cross_entropy: the training loss without full logits
     "wandb": "ftcore.plugins.wandb",  # wandb_* keys: report the run to Weights & Biases
     "trackers": "ftcore.plugins.trackers",  # report_to, use_tensorboard, mlflow_*: TensorBoard, MLflow, wandb
+    "compat_keys": "ftcore.plugins.compat_keys",  # loss watchdog, early stopping, NEFTune, data order, dedup
+    "hub_push": "ftcore.plugins.hub_push",  # hub_model_id: push the finished run to the Hugging Face Hub
     "alpaca": "ftcore.plugins.formats.alpaca",
     "completion": "ftcore.plugins.formats.completion",
     "chat_template": "ftcore.plugins.formats.chat_template",

@@ -31,7 +31,7 @@ class Seams:
         from pydantic import Field
 
         class Keys(RecipeKeys):
-            neftune_noise_alpha: float | None = Field(None, gt=0)  # a scalar Axolotl key, claimed by a plugin
+            loraplus_lr_ratio: float | None = Field(None, gt=0)  # a scalar Axolotl key, claimed by a plugin
 
         class Section(RecipeKeys):
             label: str = "seams"
@@ -117,7 +117,7 @@ def test_a_plugin_on_the_seams_alone_trains_and_its_loss_matches_the_models_own(
     plain = run_recipe(_keys(tmp_path / "plain", tiny_llama, alpaca_file), plugins=fresh_plugins())
     seams = Seams()
     plugins = fresh_plugins(("seams", seams))
-    result = run_recipe(_keys(tmp_path / "seams", tiny_llama, alpaca_file, neftune_noise_alpha=5,
+    result = run_recipe(_keys(tmp_path / "seams", tiny_llama, alpaca_file, loraplus_lr_ratio=5,
                               seams={"label": "x"}, evaluators=["loss", "seams_record"]), plugins=plugins)
 
     seen = seams.seen
@@ -136,7 +136,7 @@ def test_a_plugin_on_the_seams_alone_trains_and_its_loss_matches_the_models_own(
     assert not (result.output_dir.parent / "plain" / "out" / "samples.jsonl").exists()  # nothing recorded
 
     saved = (result.output_dir / "recipe.yaml").read_text()
-    assert "neftune_noise_alpha: 5" in saved and "seams:" in saved  # set by the recipe: kept
+    assert "loraplus_lr_ratio: 5" in saved and "seams:" in saved  # set by the recipe: kept
     assert "code_exec:" not in saved and "vision:" not in saved  # plugins the run did not use: left out
 
 
@@ -266,14 +266,14 @@ def test_unknown_names_hint_at_disabled_plugins():
 
 def test_a_plugin_claims_an_axolotl_scalar_key():
     without = fresh_plugins()
-    with pytest.raises(RecipeError, match="NEFTune is not supported yet"):
-        load_recipe({"base_model": "org/model", "neftune_noise_alpha": 5}, plugins=without)
-    recipe = load_recipe({"base_model": "org/model", "neftune_noise_alpha": 5}, plugins=fresh_plugins(Seams()))
-    assert recipe.neftune_noise_alpha == 5.0 and recipe.is_set("neftune_noise_alpha")
+    with pytest.raises(RecipeError, match=r"LoRA\+ \(a higher learning rate for LoRA's B matrices\) is not supported"):
+        load_recipe({"base_model": "org/model", "loraplus_lr_ratio": 5}, plugins=without)
+    recipe = load_recipe({"base_model": "org/model", "loraplus_lr_ratio": 5}, plugins=fresh_plugins(Seams()))
+    assert recipe.loraplus_lr_ratio == 5.0 and recipe.is_set("loraplus_lr_ratio")
 
 
 def test_two_plugins_claiming_one_flat_key_are_named():
-    with pytest.raises(PluginError, match=r"recipe key 'neftune_noise_alpha' is claimed by two plugins") as info:
+    with pytest.raises(PluginError, match=r"recipe key 'loraplus_lr_ratio' is claimed by two plugins") as info:
         load_recipe({"base_model": "org/model"}, plugins=fresh_plugins(("one", Seams()), ("two", Seams())))
     assert "'one' (" in str(info.value) and "'two' (" in str(info.value)
 

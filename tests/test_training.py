@@ -82,9 +82,11 @@ def test_wandb_keys_become_the_environment_wandb_reads():
 
 
 def test_adapter_and_full_fine_tuning_rules():
+    # with an adapter, unfrozen_parameters train beside it (as in Axolotl; tests/test_compat_keys.py trains them)
+    assert recipe(adapter="lora", unfrozen_parameters=["model.layers.0.*"]).unfrozen_parameters == ["model.layers.0.*"]
     with pytest.raises(RecipeError) as info:
-        recipe(adapter="lora", unfrozen_parameters=["model.layers.0.*"])
-    assert info.value.problems[0][0] == "unfrozen_parameters"
+        recipe(adapter="lora", unfrozen_parameters=["model.(layers"])
+    assert info.value.problems[0][0] == "unfrozen_parameters[0]"
     with pytest.raises(RecipeError) as info:
         recipe(unfrozen_parameters=["model.(layers"])
     assert info.value.problems[0][0] == "unfrozen_parameters[0]"

@@ -475,8 +475,37 @@ def tokenize_datasets(recipe, tokenizer, formats, chat_template=None, limit=None
     return Tokenized(train, test, origins, sources, counts)
 
 
+def deduplicate(tokenized: Tokenized) -> tuple[Tokenized, dict]:
+    """``dataset_exact_deduplication``: the first of each set of identical examples (tokens, labels and
+    extras) is kept, in order; an evaluation example identical to a training one is dropped too."""
+    seen: set[str] = set()
+    dropped = {"train": 0, "test": 0}
+    kept = {"train": [], "test": []}
+    origins = []
+    for part, start in (("train", 0), ("test", len(tokenized.train))):
+        for i, example in enumerate(getattr(tokenized, part)):
+            key = json.dumps(example, sort_keys=True, default=str)
+            if key in seen:
+                dropped[part] += 1
+                continue
+            seen.add(key)
+            kept[part].append(example)
+            origins.append(tokenized.origins[start + i])
+    return Tokenized(kept["train"], kept["test"], origins, tokenized.sources, tokenized.counts), dropped
+
+
 def split(tokenized: Tokenized, recipe) -> PreparedData:
     """Hold out the evaluation examples: ``test_datasets``, or ``val_set_size`` of ``datasets`` by ``seed``."""
+    duplicates = None
+    if recipe.get("dataset_exact_deduplication"):  # a plugin's key (compat_keys); cheap, so redone on every load
+        tokenized, duplicates = deduplicate(tokenized)
+        if not tokenized.train:
+            raise DataError("no training examples left after dataset_exact_deduplication")
+        from ftcore.log import get_logger
+
+        get_logger(__name__).info(f"dataset_exact_deduplication: dropped {duplicates['train']} duplicate training "
+                                  f"example(s)" + (f" and {duplicates['test']} evaluation example(s) (duplicates, "
+                                                   f"or equal to a training one)" if recipe.test_datasets else ""))
     examples = tokenized.train + tokenized.test
     if recipe.test_datasets:
         eval_index = list(range(len(tokenized.train), len(examples)))
@@ -490,6 +519,8 @@ def split(tokenized: Tokenized, recipe) -> PreparedData:
                   "eval_examples": len(data.eval)}
     if "test" in tokenized.counts:
         data.stats["test"] = dict(tokenized.counts["test"])
+    if duplicates is not None:
+        data.stats["duplicates_dropped"] = duplicates if recipe.test_datasets else {"train": duplicates["train"]}
     return data
 
 

@@ -336,6 +336,9 @@ def cpu_settings(recipe, has_eval: bool) -> tuple[list[str], list[str]]:
         if recipe.is_set(key) and recipe.get(key):
             overrides.append(f"{key}=null")
             changed.append(f"{key}: off (nothing leaves this machine)")
+    if recipe.is_set("early_stopping_patience") and recipe.get("early_stopping_patience"):
+        overrides.append("early_stopping_patience=null")  # the dry run evaluates once, at its end
+        changed.append("early_stopping_patience: off (a few steps with one evaluation at the end)")
     if has_eval:
         overrides.append("val_set_size=4")
         chosen = list(recipe.evaluators or [])
