@@ -161,7 +161,9 @@ def from_pretrained(recipe, quantization_config, cls):
 
     attention = recipe.attention or "sdpa"
     if attention.startswith("flash_attention") and not torch.cuda.is_available():
-        raise FtcoreError(f"attn_implementation: {attention} needs a CUDA GPU; on CPU use sdpa or eager")
+        get_logger(__name__).warning(f"notice: {attention} needs a CUDA GPU and this machine has none; loading the "
+                                     f"model with attn_implementation: sdpa (the same attention computed by PyTorch)")
+        attention = "sdpa"
     dtype = precision(recipe)
     if dtype == "fp16" and recipe.adapter is None:
         dtype = "fp32"  # fp16 mixed precision keeps trainable weights in fp32

@@ -37,7 +37,7 @@ MEANINGS = {
     "tokenizer_config": "Hub id or folder of a tokenizer used instead of `base_model`'s.",
     "processor_type": "Accepted; not used yet (multimodal processors come with a vision plugin).",
     "trust_remote_code": "Let transformers run code shipped in the model's repository.",
-    "attn_implementation": "Attention kernel; unset: `sdpa`. `flash_attention_*` needs a CUDA GPU.",
+    "attn_implementation": "Attention kernel; unset: `sdpa`. `flash_attention_*` needs a CUDA GPU (without one: `sdpa`, with a notice).",
     "flash_attention": "Axolotl's spelling of `attn_implementation: flash_attention_2`.",
     "sdp_attention": "Axolotl's spelling of `attn_implementation: sdpa`.",
     "eager_attention": "Axolotl's spelling of `attn_implementation: eager`.",
@@ -48,6 +48,8 @@ MEANINGS = {
     "lora_alpha": "LoRA scaling numerator (the update is scaled by alpha / r).",
     "lora_dropout": "Dropout on the LoRA path.",
     "lora_target_modules": "Module names to adapt (a list), or one regular expression over full module names.",
+    "lora_target_parameters": "Parameters (not modules) to adapt, by full name or its ending, e.g. a MoE model's fused "
+                              "experts `mlp.experts.gate_up_proj`; needs `lora_dropout: 0`.",
     "lora_target_linear": "Adapt every linear layer except the output head.",
     "lora_modules_to_save": "Modules trained in full and saved with the adapter (e.g. `embed_tokens`, `lm_head`).",
     "lora_model_dir": "Continue training the adapter in this folder instead of creating a new one.",

@@ -1,11 +1,19 @@
 """LoRA through peft: ``adapter: lora``, and ``adapter: qlora`` (LoRA on the qlora plugin's 4-bit base).
 
 Target selection: ``lora_target_modules`` (names or one regex), or
-``lora_target_linear: true`` for every linear layer except the output head,
-or, when neither is set, ``stash[ADAPTER_TARGETS]`` (set by a model family's
+``lora_target_linear: true`` for every linear layer except the output head
+(with ``lora_target_modules`` too: both, as in Axolotl), or, when neither is set, ``stash[ADAPTER_TARGETS]`` (set by a model family's
 ``prepare_model``) or peft's default for the architecture.
 ``stash[ADAPTER_SCOPE]`` (a module-path regex, e.g. the language model of a
 vision model) keeps listed names inside it.
+
+Parameters (``lora_target_parameters``): LoRA on ``nn.Parameter`` tensors that no
+linear layer holds, above all the fused expert weights of mixture-of-experts models
+(``mlp.experts.gate_up_proj``, 3-D, one slice per expert in transformers 5): each
+name is a parameter's full name or its ending, as peft's ``target_parameters``
+matches it, and every name must match a parameter of the model. peft adapts each
+expert with its own low-rank pair, without dropout and without DoRA (both refused
+at validation, as in Axolotl). Saved in the adapter's config, so plain peft reloads it.
 
 New tokens: when the recipe's ``special_tokens`` or ``tokens`` added tokens the
 vocabulary lacked (``stash[NEW_TOKEN_IDS]``, set by the embeddings plugin's
@@ -22,7 +30,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ftcore.api import (ADAPTER_SCOPE, ADAPTER_TARGETS, NEW_TOKEN_IDS, PATH, FtcoreError, check_source,
                         check_weights, MissingPluginError,
@@ -48,11 +56,22 @@ class LoraKeys(RecipeKeys):
     peft_use_dora: bool | None = Field(None, description="DoRA: weight-decomposed LoRA")
     peft_use_rslora: bool | None = Field(None, description="rank-stabilised scaling lora_alpha / sqrt(lora_r)")
     peft_layers_to_transform: list[int] | None = Field(None, description="only these layer indices get adapters")
+    lora_target_parameters: list[str] | None = Field(
+        None, description="parameters (not modules) to adapt, by full name or ending, e.g. the fused expert "
+                          "weights of a mixture-of-experts model: mlp.experts.gate_up_proj, mlp.experts.down_proj")
 
-    def cross_checks(self):
-        if self.lora_target_modules and self.lora_target_linear:
-            return [("lora_target_linear", "set lora_target_modules or lora_target_linear, not both")]
-        return []
+    @field_validator("lora_target_parameters", mode="before")
+    @classmethod
+    def _one_name_or_a_list(cls, value):
+        if isinstance(value, str):
+            value = [value]  # one parameter name
+        if isinstance(value, list):
+            for name in value:
+                if isinstance(name, str) and (not name.strip() or name != name.strip() or name.startswith(".")
+                                              or name.endswith(".")):
+                    raise ValueError(f"'{name}' is not a parameter name; give names such as "
+                                     f"mlp.experts.gate_up_proj (a parameter's full name or its ending)")
+        return value
 
 
 @hookimpl(trylast=True)
@@ -73,12 +92,19 @@ def register_commands(register):
 @hookimpl(trylast=True)
 def validate_recipe(recipe, error):
     if recipe.adapter is None:
-        for key in ("lora_target_modules", "lora_target_linear", "lora_model_dir", "lora_modules_to_save"):
+        for key in ("lora_target_modules", "lora_target_linear", "lora_model_dir", "lora_modules_to_save",
+                    "lora_target_parameters"):
             if getattr(recipe, key):
                 error(key, "is set but adapter is absent (full fine-tuning); set adapter: lora, or remove it")
-    elif recipe.get("unfrozen_parameters"):
-        error("unfrozen_parameters", "applies to full fine-tuning only; with an adapter, train extra modules "
-                                     "with lora_modules_to_save")
+    elif recipe.lora_target_parameters and recipe.adapter in LORA_ADAPTERS:
+        # peft's wrapper of a parameter (lora.ParamWrapper) has no dropout and no DoRA; Axolotl asks the same
+        if recipe.lora_dropout:
+            error("lora_dropout", f"must be 0 with lora_target_parameters (LoRA on parameters such as fused "
+                                  f"expert weights has no dropout), not {recipe.lora_dropout:g}")
+        if recipe.peft_use_dora:
+            error("peft_use_dora", "DoRA does not work with lora_target_parameters (LoRA on parameters such as "
+                                   "fused expert weights); remove one of them")
+    # unfrozen_parameters with an adapter: trained beside it, as in Axolotl (the full plugin's keys)
 
 
 def linear_layer_names(model) -> list[str]:
@@ -122,12 +148,24 @@ def modules_to_save(recipe, model, stash) -> list[str] | None:
     return chosen + added
 
 
+def target_union(linear: list[str], named) -> list[str] | str:
+    """``lora_target_linear`` with ``lora_target_modules``: every linear layer and the named modules too, as
+    in Axolotl. A regex (one string) is kept as a regex, widened to the linear layers' names."""
+    if not named:
+        return linear
+    if isinstance(named, str):
+        import re
+
+        return rf"(?:{named})|(?:.*\.)?(?:{'|'.join(re.escape(name) for name in linear)})"
+    return sorted(set(linear) | set(named))
+
+
 def lora_config(recipe, model, stash):
     """The ``LoraConfig`` the recipe asks for; ``stash`` gives the model family's targets and the new tokens."""
     from peft import LoraConfig, TaskType
 
     if recipe.lora_target_linear:
-        targets = linear_layer_names(model)
+        targets = target_union(linear_layer_names(model), recipe.lora_target_modules)
     else:  # a list, one regex string, or None: the model family's default (below), else peft's
         targets = recipe.lora_target_modules or stash.get(ADAPTER_TARGETS)
     scope = stash.get(ADAPTER_SCOPE)  # a module path adapters stay under (a vision model's language model)
@@ -135,6 +173,9 @@ def lora_config(recipe, model, stash):
         import re
 
         targets = rf"{scope}\.(.*\.)?({'|'.join(re.escape(name) for name in targets)})"
+    parameters = recipe.lora_target_parameters or None
+    if parameters:
+        check_target_parameters(model, parameters)
     saved = modules_to_save(recipe, model, stash)
     tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
     return LoraConfig(
@@ -149,7 +190,26 @@ def lora_config(recipe, model, stash):
         use_dora=bool(recipe.peft_use_dora),
         use_rslora=bool(recipe.peft_use_rslora),
         layers_to_transform=recipe.peft_layers_to_transform,
+        target_parameters=parameters,
     )
+
+
+def check_target_parameters(model, names: list[str]) -> None:
+    """Every ``lora_target_parameters`` name matches a parameter of ``model`` as peft matches them (the full
+    name, or its ending after a dot); peft itself only warns about a name that matches nothing."""
+    own = [name for name, _ in model.named_parameters()]
+    missing = [target for target in names if not any(name == target or name.endswith("." + target) for name in own)]
+    if not missing:
+        return
+    linear = {f"{full}.weight" for full, module in model.named_modules() if "Linear" in type(module).__name__}
+    # candidates: parameters of at least two dimensions that no linear layer or embedding holds, by their ending
+    candidates = sorted({name.split(".layers.")[-1].split(".", 1)[-1] for name, p in model.named_parameters()
+                         if p.dim() >= 2 and name not in linear and "embed" not in name})
+    hint = f"; parameters outside linear layers in this model: {', '.join(candidates[:12])}" if candidates else \
+        "; this model has no parameters outside its linear layers (adapt those with lora_target_modules)"
+    raise FtcoreError(f"lora_target_parameters: {', '.join(missing)} match(es) no parameter of "
+                      f"{type(model).__name__} (a name is a parameter's full name or its ending, such as "
+                      f"mlp.experts.gate_up_proj){hint}")
 
 
 # adapter: qlora is LoRA on the quantized base a quantization plugin loads (the qlora plugin registers
@@ -188,10 +248,13 @@ def wrap(recipe, model, stash):
         except ValueError as exc:
             raise FtcoreError(f"lora_target_modules: {exc}") from exc
     trainable, total = peft_model.get_nb_trainable_parameters()
-    targets = peft_model.peft_config["default"].target_modules
+    config = peft_model.peft_config["default"]
+    targets = config.target_modules or []
+    where = targets if isinstance(targets, str) else ", ".join(sorted(targets))
+    if getattr(config, "target_parameters", None):
+        where = ", ".join(filter(None, [where, f"parameters {', '.join(config.target_parameters)}"]))
     # the run's start-up summary shows the trainable share; this line says where the adapter went
-    log.info(f"{recipe.adapter}: r={recipe.lora_r} alpha={recipe.lora_alpha} on "
-             f"{targets if isinstance(targets, str) else ', '.join(sorted(targets))}")
+    log.info(f"{recipe.adapter}: r={recipe.lora_r} alpha={recipe.lora_alpha} on {where}")
     log.debug(f"{recipe.adapter}: trainable {trainable:,} of {total:,} parameters")
     return peft_model
 

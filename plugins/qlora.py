@@ -3,7 +3,8 @@
 - ``quantization_config``: ``load_in_4bit`` gives a 4-bit ``BitsAndBytesConfig``
   (``bnb_4bit_quant_type``, nf4 by default; double quantization per
   ``bnb_4bit_use_double_quant``; compute dtype following the run's precision,
-  bf16/fp16/fp32; storage dtype ``bnb_4bit_quant_storage``); ``load_in_8bit``
+  bf16/fp16/fp32; storage dtype ``bnb_4bit_quant_storage``, bfloat16 by default under FSDP as in
+  Axolotl); ``load_in_8bit``
   an 8-bit one (LLM.int8). ``bnb_config_kwargs`` are passed through last, so
   they override any of these, as in Axolotl.
 - ``prepare_model``: k-bit preparation of a quantized model (every base weight
@@ -60,6 +61,16 @@ def quantized(recipe) -> bool:
     return bool(recipe.load_in_4bit or recipe.load_in_8bit)
 
 
+def quant_storage(recipe) -> str | None:
+    """``bnb_4bit_quant_storage``, or bfloat16 under FSDP when unset: FSDP shards the packed 4-bit weights
+    only in a float type, and Axolotl (which has no such key) always stores them in bfloat16 there."""
+    if recipe.bnb_4bit_quant_storage:
+        return recipe.bnb_4bit_quant_storage
+    if recipe.get("fsdp") or recipe.get("fsdp_config"):
+        return "bfloat16"
+    return None
+
+
 @hookimpl(trylast=True)
 def validate_recipe(recipe, error):
     if recipe.load_in_4bit and recipe.load_in_8bit:
@@ -96,8 +107,9 @@ def quantization_config(recipe):
         kwargs = {"load_in_4bit": True, "bnb_4bit_quant_type": recipe.bnb_4bit_quant_type,
                   "bnb_4bit_use_double_quant": recipe.bnb_4bit_use_double_quant,
                   "bnb_4bit_compute_dtype": torch_dtype(precision(recipe))}
-        if recipe.bnb_4bit_quant_storage:
-            kwargs["bnb_4bit_quant_storage"] = getattr(torch, recipe.bnb_4bit_quant_storage)
+        storage = quant_storage(recipe)
+        if storage:
+            kwargs["bnb_4bit_quant_storage"] = getattr(torch, storage)
     extra = dict(recipe.bnb_config_kwargs or {})
     allowed = set(inspect.signature(BitsAndBytesConfig).parameters) - {"self", "kwargs"}
     unknown = sorted(set(extra) - allowed)

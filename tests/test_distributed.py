@@ -348,13 +348,14 @@ def test_fsdp_keys_in_axolotls_spelling_become_accelerates_fsdp2_plugin(tmp_path
 
 @pytest.mark.parametrize("keys,key,words", [
     ({"deepspeed": "zero3", "fsdp": ["full_shard"]}, "fsdp", "choose one engine"),
-    ({"fsdp_config": {"offload_params": True}}, "fsdp_config", "fsdp is not"),
+    ({"fsdp_version": 2}, "fsdp_version", "FSDP is not configured"),
     ({"fsdp": ["full_shard"], "fsdp_config": {"fsdp_sharding_strategy": "HYBRID_SHARD"}}, "fsdp_config.sharding_strategy",
      "not available with FSDP2"),
     ({"fsdp": ["full_shard"], "fsdp_config": {"fsdp_wrap_everything": True}}, "fsdp_config", "unknown key"),
     ({"fsdp": ["full_shard"], "fsdp_version": 1}, "fsdp_version", "FSDP2"),
     ({"deepspeed": "zero3", "adapter": "qlora", "load_in_4bit": True}, "bnb_4bit_quant_storage", "bfloat16"),
-    ({"fsdp": ["full_shard"], "adapter": "qlora", "load_in_4bit": True}, "bnb_4bit_quant_storage", "FSDP"),
+    ({"fsdp": ["full_shard"], "adapter": "qlora", "load_in_4bit": True, "bnb_4bit_quant_storage": "uint8"},
+     "bnb_4bit_quant_storage", "FSDP"),
     ({"deepspeed": "zero3", "adapter": "lora", "load_in_8bit": True}, "load_in_8bit", "ZeRO-3"),
 ])
 def test_engine_combinations_that_cannot_work_fail_at_validation(tmp_path, keys, key, words):

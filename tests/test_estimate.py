@@ -282,6 +282,12 @@ def test_settings_from_recipe_reads_the_keys_that_decide_memory(plugins):
                           plugins)
     s = Settings.from_recipe(lora)
     assert s.lora_targets == ("q_proj", "k_proj") and s.fsdp is True and s.zero_stage == 0
+    # Axolotl's FSDP2 form: an fsdp_config mapping alone shards, and its offload_params offloads
+    fsdp2, _ = load_recipe(str(ROOT / "recipes/llama31-lora.yaml"),
+                           ["fsdp_version=2", "fsdp_config={offload_params: true, state_dict_type: FULL_STATE_DICT}"],
+                           plugins)
+    s = Settings.from_recipe(fsdp2)
+    assert s.fsdp is True and s.offload_params is True and s.zero_stage == 0
 
 
 def test_deepspeed_presets_and_json_files():

@@ -169,3 +169,25 @@ def test_hub_id_no_network_fails_at_once(monkeypatch):
     monkeypatch.setattr(hub, "_reachable", lambda: False)
     with pytest.raises(FtcoreError, match="base_model: 'someone/not-cached-model'.*no network"):
         check_source("base_model", "someone/not-cached-model")
+
+
+def test_flash_attention_on_a_machine_without_cuda_loads_with_sdpa_and_says_so(tiny_llama, monkeypatch, caplog):
+    import torch
+
+    seen = {}
+
+    class Fake:
+        @classmethod
+        def from_pretrained(cls, source, **kwargs):
+            seen.update(kwargs)
+            return "model"
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level("WARNING"):
+        from_pretrained(_recipe(tiny_llama, attention="flash_attention_2"), None, Fake)
+    assert seen["attn_implementation"] == "sdpa"
+    assert any("flash_attention_2 needs a CUDA GPU" in r.getMessage() and "sdpa" in r.getMessage()
+               for r in caplog.records)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    from_pretrained(_recipe(tiny_llama, attention="flash_attention_2"), None, Fake)
+    assert seen["attn_implementation"] == "flash_attention_2"  # on a GPU machine the recipe's kernel is asked for

@@ -33,7 +33,7 @@ def handle(args) -> int:
 
     from ftcore.artifacts import check_output_dir
     from ftcore.cli import load_recipe
-    from ftcore.cli.validate import path_problems, print_notes
+    from ftcore.cli.validate import attention_problems, path_problems, print_notes
     from ftcore.errors import RecipeError
 
     if getattr(args, "dry_run", False):
@@ -52,7 +52,7 @@ def handle(args) -> int:
         from ftcore.checkpoints import check_resumable
 
         check_resumable(Path(recipe.output_dir), recipe, args.overwrite)  # --resume: not a completed run, not a stranger's
-    problems = path_problems(recipe)
+    problems = path_problems(recipe) + attention_problems(recipe)  # flash attention this machine lacks: before data
     if problems:
         raise RecipeError(problems, source=raw.source)
     if first:

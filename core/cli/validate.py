@@ -57,6 +57,53 @@ def path_problems(recipe):
     return problems
 
 
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+# the package each flash attention kernel comes in: (module, pip name)
+FLASH_PACKAGES = {"flash_attention_2": ("flash_attn", "flash-attn"),
+                  "flash_attention_3": ("flash_attn_interface", "flash-attn-3 (built from flash-attention's hopper/)"),
+                  "flash_attention_4": ("flash_attn.cute", "flash-attn-4")}
+
+
+def attention_problems(recipe) -> list[tuple[str, str]]:
+    """Flash attention asked for on a CUDA machine that lacks its package: ``run`` refuses before any data is
+    prepared; ``validate`` prints a note (the recipe is valid; it may be checked here for another machine).
+
+    On a machine without CUDA flash attention cannot run at all, and the model loads with sdpa instead (the same
+    attention, computed by PyTorch): ``attention_fallback`` says so."""
+    attention = recipe.attention or ""
+    if attention not in FLASH_PACKAGES or attention_fallback(recipe):
+        return []
+    key = "attn_implementation" if recipe.attn_implementation else "flash_attention"
+    module, package = FLASH_PACKAGES[attention]
+    if not _installed(module):
+        return [(key, f"{attention} needs the {package} package, which is not installed here ({module} cannot be "
+                      f"imported); pip install {package.split(' ')[0]}, or use attn_implementation: sdpa "
+                      f"(PyTorch's own fused attention)")]
+    return []
+
+
+def attention_fallback(recipe) -> str | None:
+    """The note for flash attention asked for on a machine without CUDA, where the model loads with sdpa."""
+    attention = recipe.attention or ""
+    if not attention.startswith("flash_attention"):
+        return None
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    return (f"{attention} needs a CUDA GPU and this machine has none: the model loads with attn_implementation: "
+            f"sdpa here (the same attention computed by PyTorch: same results, more memory and time); on a GPU "
+            f"machine {attention} is used")
+
+
 def hub_notes(recipe) -> list[str]:
     """A line for each model or dataset the recipe would fetch from the Hub while the Hub cannot be reached and
     the local cache lacks it: ``validate`` says so (the recipe itself is fine); ``run`` stops there at once."""
@@ -79,13 +126,20 @@ def hub_notes(recipe) -> list[str]:
 
 
 def print_notes(recipe, skipped):
-    from ftcore.recipe.axolotl import HINTS
+    from ftcore.recipe.axolotl import HINT_NOTES, HINTS
 
     ignored = sorted(k for k, v in recipe.compat.items() if k in HINTS and v not in (None, False, "", [], {}))
     if ignored:
         print(f"note: ignored Axolotl keys (no effect in ftcore): {', '.join(ignored)}")
+    for key in ignored:
+        if key in HINT_NOTES:
+            print(f"note: {HINT_NOTES[key]}")
     if skipped:
         print(f"note: skipped Axolotl plugins: {', '.join(skipped)}")
+    if isinstance(recipe.gradient_checkpointing, str):
+        print(f"note: gradient_checkpointing: {recipe.gradient_checkpointing} trains with plain gradient "
+              f"checkpointing (activations stay on the GPU; ftcore does not offload them to "
+              f"{'disk' if recipe.gradient_checkpointing == 'offload_disk' else 'CPU memory'})")
 
 
 def code_lines(recipe) -> list[str]:
@@ -138,6 +192,11 @@ def handle(args) -> int:
     print(f"  datasets:   {datasets}")
     print(f"  output_dir: {recipe.output_dir}")
     print_code(recipe)
+    for key, message in attention_problems(recipe):
+        print(f"  note: {key}: {message}; `ftcore run` on this machine cannot train it as written")
+    fallback = attention_fallback(recipe)
+    if fallback:
+        print(f"  note: {fallback}")
     for line in hub_notes(recipe):
         print(f"  note: {line}")
     from ftcore.artifacts import output_dir_note

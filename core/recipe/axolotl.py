@@ -113,47 +113,61 @@ AXOLOTL_KEYS = frozenset((
     "use_ray", "use_tensorboard", "use_trackio", "use_wandb", "val_set_size", "vllm",
     "wandb_entity", "wandb_log_model", "wandb_mode", "wandb_name", "wandb_project", "wandb_run_id",
     "wandb_watch", "warmup_ratio", "warmup_steps", "weight_decay", "world_size",
-    "xformers_attention"
+    "xformers_attention",
+    # deprecated or removed in Axolotl, still listed by its schema or found in older recipes
+    "max_packed_sequence_len", "rope_scaling", "noisy_embedding_alpha", "dpo_beta", "evaluation_strategy",
+    "liger_rms_norm_gated", "gptq_groupsize", "gptq_model_v1", "landmark_attention", "xpos_rope",
+    "tokenizer_default_fallback", "nf4_backend", "use_onebitllms", "overrides_of_model_config",
 ))
 
 HINTS = frozenset((
     "debug", "strict", "local_rank", "eval_table_max_new_tokens", "eval_max_new_tokens",
     "is_falcon_derived_model", "is_llama_derived_model", "is_mistral_derived_model", "is_qwen_derived_model",
-    "save_safetensors", "remove_unused_columns", "skip_prepare_dataset", "dataloader_drop_last",
+    "save_safetensors", "remove_unused_columns", "dataloader_drop_last",
     "dataloader_num_workers", "dataloader_pin_memory", "dataloader_prefetch_factor", "tokenizer_use_fast",
     "tokenizer_legacy", "tokenizer_save_jinja_files", "lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel",
     "lora_embedding_kernel", "liger_rope", "liger_rms_norm", "liger_layer_norm", "liger_glu_activation",
-    "liger_swiglu", "liger_cross_entropy", "liger_fused_linear_cross_entropy", "cut_cross_entropy",
+    "liger_swiglu", "liger_rms_norm_gated", "liger_cross_entropy", "liger_fused_linear_cross_entropy", "cut_cross_entropy",
     "cut_cross_entropy_accum_c_fp32", "cut_cross_entropy_c_grad_chunk_size", "flash_attn_cross_entropy",
     "flash_attn_rms_norm", "flash_attn_fuse_qkv", "flash_attn_fuse_mlp", "flash_optimum",
     "sample_packing_eff_est", "total_num_tokens", "total_supervised_tokens", "low_cpu_mem_usage",
     "gpu_memory_limit", "hf_use_auth_token", "torch_compile_backend", "torch_compile_mode",
     "sample_packing_bin_size", "sample_packing_group_size", "sample_packing_mp_start_method",
     "multipack_real_batches", "lora_on_cpu", "embeddings_skip_upcast", "gc_steps", "gc_collect_steps",
-    "include_tokens_per_second", "include_tkps", "loss_watchdog_threshold", "loss_watchdog_patience",
+    "include_tokens_per_second", "include_tkps", 
     "use_wandb", "resize_token_embeddings_to_32x", "dataset_keep_in_memory", "eval_table_size",
     "xformers_attention", "experimental_skip_move_to_device", "axolotl_config_path", "is_preprocess",
     "num_dataset_shards_to_save", "dataset_writer_batch_size", "dataset_map_batch_size", "profiler_steps",
     "profiler_steps_start", "torch_empty_cache_steps",
-    "shuffle_merged_datasets",  # the trainer's sampler shuffles every epoch anyway
+    # fused kernels like the lora_*_kernel / liger_* ones: same training, other kernels
+    "unsloth_cross_entropy_loss", "unsloth_lora_mlp", "unsloth_lora_o", "unsloth_lora_qkv", "unsloth_rms_norm",
+    "unsloth_rope",
+    # Axolotl's Gradio chat UI (axolotl inference --gradio): nothing to do with training
+    "gradio_max_new_tokens", "gradio_server_name", "gradio_server_port", "gradio_share", "gradio_temperature",
+    "gradio_title",
+    # speed only: the same model trains (torch.compile is not used; use_kernels / experts_implementation go to
+    # from_pretrained, core/loading.py)
+    "use_kernels", "experts_implementation", "torch_compile", "torch_compile_options",
+    # accepted with a note (HINT_NOTES): what ftcore does instead
+    "tokenizer_use_mistral_common", "activation_offloading", "quantize_moe_experts",
 ))
 
+# Hints whose value a user should hear about: what ftcore does instead (printed by validate, run, preprocess).
+HINT_NOTES = {
+    "torch_compile": "torch_compile: the model trains uncompiled (the same result, slower)",
+    "tokenizer_use_mistral_common": "tokenizer_use_mistral_common: ftcore tokenizes with the model's Hugging Face "
+                                    "tokenizer and the recipe's chat_template (else the tokenizer's own), not "
+                                    "mistral-common; a repository with no tokenizer.json stops when the tokenizer "
+                                    "loads",
+    "quantize_moe_experts": "quantize_moe_experts: the fused expert weights stay in 16-bit (bitsandbytes in ftcore "
+                            "quantizes linear layers only), so the model needs far more GPU memory than in Axolotl; "
+                            "the adapters train the same targets",
+    "activation_offloading": "activation_offloading: activations stay on the GPU (ftcore does not offload them; "
+                             "gradient_checkpointing: true saves activation memory)",
+}
+
 ADVICE = {
-    "rl": "preference and RL training (rl:) is not supported yet",
-    "reward_model": "reward modelling is not supported yet",
-    "process_reward_model": "reward modelling is not supported yet",
-    "gptq": "GPTQ-quantized bases are not supported yet; use load_in_4bit with adapter: qlora",
-    "hub_model_id": "pushing to the Hub is not supported; upload output_dir with `huggingface-cli upload`",
-    "push_dataset_to_hub": "pushing to the Hub is not supported",
-    "early_stopping_patience": "early stopping is not supported yet",
-    "neftune_noise_alpha": "NEFTune is not supported yet",
-    "torch_compile": "torch.compile is not supported yet",
-    "auto_resume_from_checkpoints": "use resume_from_checkpoint: true",
-    "pretraining_dataset": "use datasets: with type: completion",
-    "s2_attention": "use attn_implementation: sdpa or flash_attention_2",
-    "load_best_model_at_end": "not supported yet; the run keeps the last model",
-    "dataset_num_proc": "use dataset_processes",
-    "model_revision": "use revision_of_model",
+    "load_best_model_at_end": "the run keeps the last model",
 }
 
 
@@ -162,7 +176,7 @@ ADVICE = {
 PLUGIN_FEATURES = {
     **{key: "LoRA" for key in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_linear",
                                "lora_modules_to_save", "lora_model_dir", "lora_fan_in_fan_out", "peft_use_dora",
-                               "peft_use_rslora", "peft_layers_to_transform")},
+                               "peft_use_rslora", "peft_layers_to_transform", "lora_target_parameters")},
     **{key: "quantization" for key in ("load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type",
                                        "bnb_4bit_use_double_quant", "bnb_4bit_quant_storage", "bnb_config_kwargs")},
     **{key: "multi-GPU engines" for key in ("deepspeed", "fsdp", "fsdp_config", "fsdp_version", "ddp_timeout",
@@ -175,6 +189,192 @@ PLUGIN_FEATURES = {
     **{key: "experiment tracking (TensorBoard, MLflow)" for key in ("use_tensorboard", "use_mlflow",
                                                                    "mlflow_tracking_uri", "mlflow_experiment_name",
                                                                    "mlflow_run_name", "hf_mlflow_log_artifacts")},
-    "unfrozen_parameters": "partial full fine-tuning",
+    "unfrozen_parameters": "training chosen base parameters (the full plugin)",
+    **{key: "the loss watchdog, early stopping, NEFTune and data-order keys (the compat_keys plugin)"
+       for key in ("loss_watchdog_threshold", "loss_watchdog_patience", "early_stopping_patience",
+                   "neftune_noise_alpha", "shuffle_merged_datasets", "shuffle_before_merging_datasets",
+                   "skip_prepare_dataset", "dataset_exact_deduplication")},
+    **{key: "pushing to the Hugging Face Hub (the hub_push plugin)"
+       for key in ("hub_model_id", "hub_strategy", "hub_revision", "push_dataset_to_hub")},
+    "overrides_of_model_config": "model config overrides (the huggingface plugin)",
     "chunked_cross_entropy": "the chunked loss",
+    **{key: "conversation formats (the chat_template plugin)" for key in ("eot_tokens", "chat_template_kwargs")},
 }
+
+
+# Values that mean "off" for a key ftcore does not implement: as good as leaving the key empty.
+OFF_VALUES = {
+    "cosine_constant_lr_ratio": (0,),
+    "context_parallel_size": (1,),
+    "sequence_parallel_degree": (1,),
+    "tensor_parallel_size": (1,),
+    "dp_shard_size": (1,),
+    "dp_replicate_size": (1,),
+    "heads_k_stride": (1,),
+    "world_size": (1,),
+    "lisa_n_layers": (0,),
+    "relora_steps": (0,),
+    "max_packed_sequence_len": (0,),
+    "fix_untrained_tokens": (0,),
+    "nf4_backend": ("bitsandbytes",),  # what load_in_4bit uses anyway
+    "ddp": (True,),  # "use DDP": what several processes do anyway
+    "eval_causal_lm_metrics": (),
+    "dpo_use_weighting": (),
+}
+
+
+def is_off(key: str, value) -> bool:
+    """Empty (``None``, false, "", [], {}) or a value that means "off" for ``key``."""
+    if value is None or value is False or value == "" or value == [] or value == {}:
+        return True
+    return any(value == off and type(value) is not bool or value is off for off in OFF_VALUES.get(key, ()))
+
+
+# Keys ftcore does not implement, grouped by the feature they belong to. Each group says the feature in a
+# user's words, what training without the key changes, and whether a plugin could add the feature.
+# (feature, what removing the key changes, a plugin could provide it, keys, key prefixes)
+FEATURES = (
+    ("preference tuning (DPO/KTO/ORPO/SimPO/GRPO)",
+     "without it this recipe would train supervised on the data, which is not what it means",
+     True, ("rl", "rl_beta", "dpo_beta", "orpo_alpha", "rpo_alpha", "simpo_gamma", "cpo_alpha",
+            "center_rewards_coefficient", "precompute_ref_log_probs", "trl", "vllm", "max_prompt_len"),
+     ("dpo_", "kto_")),
+    ("reward-model and classification training",
+     "without it the model would train as a language model, which is not what this recipe means",
+     True, ("reward_model", "process_reward_model", "num_labels", "cls_model_config"), ()),
+    ("knowledge distillation", "without it the model trains on the data's labels alone, not on a teacher's",
+     True, ("kd_online_server_model", "kd_normalize_topk"), ("kd_",)),
+    ("mixture-of-experts kernels", "removing it trains the same model with transformers' standard expert "
+     "layers (slower, more memory)", True,
+     ("llama4_linearized_experts",), ()),
+    ("tensor parallelism", "removing it trains with data parallelism only: every GPU holds the whole model, "
+     "which may not fit in memory", True, ("tensor_parallel_size",), ()),
+    ("context / sequence parallelism (ring attention)", "removing it keeps each sequence whole on one GPU, "
+     "which may not fit in memory for long sequences", True,
+     ("context_parallel_size", "sequence_parallel_degree", "ring_attn_func", "heads_k_stride"), ()),
+    ("N-D parallelism (dp_shard_size / dp_replicate_size)", "removing it lets fsdp or deepspeed shard across "
+     "every process (ftcore run --nproc N)", True, ("dp_shard_size", "dp_replicate_size", "world_size"), ()),
+    ("torch.compile", "removing it trains the same model uncompiled (slower, same result)", True,
+     ("flex_attn_compile_kwargs", "deepcompile"), ()),
+    ("ReLoRA (periodic merge and restart of the adapter)", "removing it trains one plain LoRA adapter for the "
+     "whole run", True, ("relora",), ("relora_", "jagged_restart_")),
+    ("LISA (training a random few layers at a time)", "removing it trains every layer at every step", True,
+     (), ("lisa_",)),
+    ("quantization-aware training (QAT)", "removing it trains without simulated quantization, so the model is "
+     "not prepared for low-bit deployment", True, ("qat",), ()),
+    ("post-training quantization of the trained model", "removing it saves the trained model unquantized",
+     True, ("quantization",), ()),
+    ("FP8 training", "removing it trains in the recipe's bf16/fp16 precision (more memory, a little slower)",
+     True, ("fp8", "fp8_config", "fp8_enable_fsdp_float8_all_gather"), ()),
+    ("GPTQ-quantized base models", "removing it loads the base unquantized, which fails for a GPTQ "
+     "checkpoint; use a 16-bit base with load_in_4bit and adapter: qlora instead", True,
+     ("gptq", "gptq_groupsize", "gptq_model_v1", "model_quantization_config",
+      "model_quantization_config_kwargs"), ()),
+    ("1.58-bit (BitNet) models through onebitllms", "removing it loads the model as an ordinary 16-bit one, "
+     "which is not what a BitNet checkpoint is", True, ("use_onebitllms",), ()),
+    ("this 4-bit backend", "removing it quantizes with bitsandbytes (load_in_4bit), the one backend ftcore uses",
+     True, ("nf4_backend",), ()),
+    ("PoSE (positional skip-wise context extension)", "removing it trains on the sequences as they are, "
+     "without simulated longer positions", True, ("use_pose",), ("pose_",)),
+    ("Spectrum (training only the layers with the best signal-to-noise ratio)", "removing it trains every "
+     "parameter", True, (), ("spectrum_",)),
+    ("LoRA+ (a higher learning rate for LoRA's B matrices)", "removing it trains both LoRA matrices at "
+     "learning_rate", True, ("loraplus_lr_ratio", "loraplus_lr_embedding"), ()),
+    ("per-group learning rates", "removing it trains every parameter at learning_rate", True,
+     ("lr_groups", "embedding_lr", "embedding_lr_scale"), ()),
+    ("this optimizer option", "removing it trains with the optimizer's standard settings", True,
+     ("optim_args", "optim_target_modules", "adam_beta3", "adam_epsilon2", "muonclip"), ("dion_", "qgalore_")),
+    ("this learning-rate schedule option", "removing it trains with the schedule lr_scheduler names, "
+     "unchanged", False, ("lr_quadratic_warmup", "lr_div_factor", "cosine_constant_lr_ratio"), ()),
+    ("an alternative training objective", "removing it trains with the standard next-token cross-entropy",
+     True, ("use_dft", "use_eaft", "eaft_alpha", "eaft_k", "ebft", "diffusion_lm"), ()),
+    ("this attention variant", "removing it trains with attn_implementation (default sdpa)", True,
+     ("s2_attention", "sage_attention", "scaling_softmax", "scaling_softmax_bias", "scaling_softmax_factor",
+      "large_head_attention", "flash_attn_d512", "gemma4_hybrid_attn_impl", "fused_attn_kernel", "sdpa_varlen",
+      "landmark_attention", "xpos_rope"), ()),
+    ("activation and layer offloading", "removing it keeps activations and layers on the GPU (more memory, "
+     "same result); gradient_checkpointing: true saves memory too", True,
+     ("layer_offloading", "ple_cpu_offload", "dynamic_checkpoint",
+      "selective_checkpointing", "tiled_mlp", "tiled_mlp_num_shards", "tiled_mlp_use_original_mlp"), ()),
+    ("Ray clusters", "removing it runs on this machine (ftcore run --nproc N for several GPUs)", True,
+     ("use_ray", "ray_num_workers", "ray_run_name", "resources_per_worker"), ()),
+    ("this experiment tracker (Comet, Trackio, OpenTelemetry)", "removing it trains the same; the metrics "
+     "still go to the run folder's log (and to W&B, TensorBoard or MLflow when set)", True,
+     ("use_comet", "use_trackio", "use_otel_metrics", "otel_metrics_host", "otel_metrics_port"),
+     ("comet_", "trackio_")),
+    ("benchmark and generation evaluation during training", "removing it trains the same; evaluation reports "
+     "the loss (the lm_eval: and generation: sections of ftcore do benchmark and sample evaluation)", True,
+     ("do_bench_eval", "bench_dataset", "bench_split", "do_causal_lm_eval", "eval_causal_lm_metrics",
+      "generate_samples", "num_generation_samples", "metric_for_best_model", "greater_is_better",
+      "load_best_model_at_end", "lm_eval_tasks", "lm_eval_batch_size", "lm_eval_post_train"),
+     ("generation_",)),
+    ("streaming and pretraining data pipelines", "removing it reads the datasets: entries in full "
+     "(type: completion for raw text)", True,
+     ("streaming", "streaming_multipack_buffer_size", "pretraining_dataset", "pretraining_sample_concatenation",
+      "pretrain_multipack_attn", "pretrain_multipack_buffer_size", "preprocess_iterable"), ()),
+    ("this data-ordering option", "removing it trains on the same rows in the trainer's usual (shuffled) order",
+     False, ("curriculum_sampling", "sample_packing_sequentially", "batch_flattening"), ()),
+    ("dataset sharding", "removing it trains on the whole dataset (the datasets: entry's shards: key reads a "
+     "fraction of one)", False, ("dataset_shard_num", "dataset_shard_idx"), ()),
+    ("this model-loading option", "removing it loads the model as transformers does by default", True,
+     ("device_map", "max_memory", "device", "model_kwargs", "model_config_type", "ddp",
+      "qlora_sharded_model_loading"), ()),
+    ("this embedding option", "removing it keeps the embeddings as loaded (new tokens are initialised by "
+     "transformers)", True, ("fix_untrained_tokens", "added_tokens_overrides", "mean_resizing_embeddings",
+                            "shrink_embeddings", "reinit_weights"), ()),
+    ("this peft option", "removing it trains the adapter with peft's defaults", True,
+     ("peft", "peft_autocast_adapter_dtype", "peft_ensure_weight_tying", "peft_init_lora_weights",
+      "peft_layer_replication", "peft_layers_pattern", "peft_trainable_token_indices", "lora_fp32_gradients"),
+     ()),
+    ("merging or exporting at the end of training", "removing it keeps the adapter separate; run "
+     "`ftcore merge RUN_DIR` afterwards to merge it", False, ("merge_lora", "merge_method", "export"), ()),
+    ("pure (non-mixed) low-precision weights", "removing it trains with mixed precision as bf16 / fp16 set it",
+     True, ("bfloat16", "float16", "float32"), ()),
+    ("keeping chosen layers in fp32", "removing it keeps every layer in the run's precision (norm layers of a "
+     "quantized base are kept in fp32 anyway)", True, ("fp32_norms", "fp32_norm_classes"), ()),
+    ("a separate evaluation sequence length", "removing it evaluates at sequence_len", False,
+     ("eval_sequence_len",), ()),
+    ("the trainer class or the profiler", "removing it trains with ftcore's standard trainer", False,
+     ("trainer_cls", "accelerator_config", "full_determinism", "auto_find_batch_size", "torchdistx_path",
+      "save_first_step", "min_sample_len", "pad_to_multiple_of",
+      "chunked_cross_entropy_num_chunks"), ()),
+)
+
+DEPRECATED = {
+    "max_packed_sequence_len": "sample_packing: true",
+    "rope_scaling": "overrides_of_model_config: {rope_scaling: ...}",
+    "noisy_embedding_alpha": "neftune_noise_alpha",
+    "dpo_beta": "rl_beta",
+    "evaluation_strategy": "eval_strategy",
+    "flash_attn_rms_norm": None,
+    "tokenizer_default_fallback": "chat_template: tokenizer_default_fallback_NAME",
+}
+
+
+def feature_of(key: str):
+    """``(feature, what removing it changes, a plugin could provide it)`` for a grouped key, else None."""
+    for feature, effect, pluggable, keys, prefixes in FEATURES:
+        if key in keys or key.startswith(prefixes or ("\0",)):
+            return feature, effect, pluggable
+    return None
+
+
+def unsupported_message(key: str, value) -> str:
+    """Why ftcore refuses Axolotl's ``key`` set to ``value``: the feature, and what removing the key changes."""
+    import json
+
+    shown = value if isinstance(value, str) else json.dumps(value, default=str)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    if key in DEPRECATED:
+        instead = DEPRECATED[key]
+        return (f"Axolotl's '{key}' is deprecated (Axolotl no longer supports it either)"
+                + (f"; use {instead}" if instead else "") + "; leave it empty or remove it")
+    found = feature_of(key)
+    if found is None:
+        advice = ADVICE.get(key, "remove it or leave it empty")
+        return f"Axolotl's '{key}' is not supported by ftcore: {advice}"
+    feature, effect, pluggable = found
+    extra = f" ({ADVICE[key]})" if key in ADVICE else ""
+    plugin = "; a plugin could provide it (see docs/plugins.md)" if pluggable else ""
+    return f"{shown} — {feature} is not supported by ftcore yet{extra}; {effect}{plugin}"

@@ -44,7 +44,7 @@ SCHEDULERS = (
     "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
     "warmup_stable_decay",
 )
-ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flash_attention_4", "flex_attention")
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "sep_token", "cls_token", "mask_token",
                       "additional_special_tokens")
 
@@ -143,6 +143,7 @@ class Recipe(_Strict):
     flash_attention: bool | None = Field(None, description="Axolotl spelling of attn_implementation: flash_attention_2")
     sdp_attention: bool | None = Field(None, description="Axolotl spelling of attn_implementation: sdpa")
     eager_attention: bool | None = None
+    flex_attention: bool | None = Field(None, description="Axolotl spelling of attn_implementation: flex_attention")
 
     # ── adapter ──
     adapter: str | None = Field(None, description="an adapter a plugin registers (`ftcore plugins`); absent: full fine-tuning")
@@ -190,7 +191,9 @@ class Recipe(_Strict):
     bf16: Literal["auto"] | bool | None = "auto"
     fp16: bool | None = None
     tf32: bool | None = None
-    gradient_checkpointing: bool | None = False
+    gradient_checkpointing: Literal["offload", "offload_disk"] | bool | None = Field(
+        False, description="recompute activations in the backward; Axolotl's offload / offload_disk (activations "
+                           "moved to CPU / disk) train as plain gradient checkpointing in ftcore")
     gradient_checkpointing_kwargs: dict[str, Any] | None = None
     seed: int = Field(42, ge=0, le=2**32 - 1)
 
@@ -241,11 +244,12 @@ class Recipe(_Strict):
         if self.bf16 is True and self.fp16:
             problems.append(("fp16", "bf16 and fp16 are both true; choose one"))
         chosen = [k for k, v in (("flash_attention", "flash_attention_2"), ("sdp_attention", "sdpa"),
-                                 ("eager_attention", "eager")) if getattr(self, k)]
+                                 ("eager_attention", "eager"), ("flex_attention", "flex_attention")) if getattr(self, k)]
         if len(chosen) > 1:
             problems.append((chosen[1], f"{' and '.join(chosen)} are all true; choose one"))
         if chosen and self.attn_implementation:
-            want = {"flash_attention": "flash_attention_2", "sdp_attention": "sdpa", "eager_attention": "eager"}[chosen[0]]
+            want = {"flash_attention": "flash_attention_2", "sdp_attention": "sdpa", "eager_attention": "eager",
+                    "flex_attention": "flex_attention"}[chosen[0]]
             if want != self.attn_implementation:
                 problems.append((chosen[0], f"contradicts attn_implementation: {self.attn_implementation}"))
         if self.val_set_size >= 1 and self.val_set_size != int(self.val_set_size):
@@ -271,7 +275,7 @@ class Recipe(_Strict):
         if self.attn_implementation:
             return self.attn_implementation
         for key, value in (("flash_attention", "flash_attention_2"), ("sdp_attention", "sdpa"),
-                           ("eager_attention", "eager")):
+                           ("eager_attention", "eager"), ("flex_attention", "flex_attention")):
             if getattr(self, key):
                 return value
         return None

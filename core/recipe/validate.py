@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from ftcore.data.formats import USER_FUNCTION, FormatImportError, UserFunctionOptions, resolve_format
 from ftcore.errors import RecipeError
-from ftcore.recipe.axolotl import ADVICE, AXOLOTL_KEYS, HINTS, PLUGIN_FEATURES
+from ftcore.recipe.axolotl import AXOLOTL_KEYS, HINTS, PLUGIN_FEATURES, is_off, unsupported_message
 from ftcore.recipe.schema import CORE_KEYS, DATASET_KEYS, DatasetSpec, Recipe
 from ftcore.recipe.suggest import did_you_mean
 
@@ -107,6 +107,37 @@ def pydantic_problems(exc: ValidationError, prefix="", known=(), model=None) -> 
     return problems
 
 
+# The modules of Axolotl's preference prompt strategies (axolotl.prompt_strategies.dpo / kto / orpo):
+# ``type: chatml.intel``, ``llama3.ultra``, ``chat_template.default``, ``user_defined.default``, ...
+AXOLOTL_PREFERENCE_MODULES = ("chat_template", "chatml", "llama3", "zephyr", "user_defined", "passthrough",
+                              "bradley_terry")
+
+
+def axolotl_preference_type(type_name: str) -> bool:
+    """True for a dataset ``type`` that names one of Axolotl's DPO/KTO/ORPO prompt strategies."""
+    module, dot, _function = type_name.partition(".")
+    return bool(dot) and module in AXOLOTL_PREFERENCE_MODULES
+
+
+def template_problem(name: str, names) -> str:
+    """The message for an unknown ``chat_template``: the supported names, ``tokenizer_default``, and a
+    suggestion only for a typo of a name of the same family and version (qwen3 is not a typo of qwen_25)."""
+    import difflib
+
+    def digits(text):
+        return re.sub(r"\D", "", text)
+
+    def same_version(a, b):  # llama33 ~ llama3, phi_3 ~ phi_35; never qwen3 ~ qwen_25, llama4 ~ llama3, gemma3 ~ gemma
+        a, b = digits(a), digits(b)
+        return a == b or bool(a and b) and (a.startswith(b) or b.startswith(a))
+
+    close = [c for c in difflib.get_close_matches(name, list(names), n=3, cutoff=0.75) if same_version(c, name)]
+    suggestion = f" (did you mean '{close[0]}'?)" if close else ""
+    return (f"unknown template '{name}'{suggestion}; allowed: {', '.join(sorted(names))}; "
+            f"tokenizer_default uses the model's own chat template (the one its tokenizer ships), "
+            f"chat_template_jinja takes any Jinja template")
+
+
 def _split_dataset_entry(entry, path, formats, problems, hint="", deferred=None):
     """Validate one ``datasets[i]`` entry; return a DatasetSpec or None.
 
@@ -114,6 +145,12 @@ def _split_dataset_entry(entry, path, formats, problems, hint="", deferred=None)
     imported only once the rest of the recipe is valid (no code runs for a broken recipe)."""
     if not isinstance(entry, dict):
         problems.append((path, f"must be a mapping with at least path and type (got {entry!r})"))
+        return None
+    if isinstance(entry.get("type"), dict):  # Axolotl's custom prompt: type: {field_instruction: ..., format: ...}
+        problems.append((f"{path}.type", "a mapping here is Axolotl's custom prompt format (field_instruction, "
+                                         "format, no_input_format, ...), which ftcore does not support yet; use "
+                                         "type: input_output (text in, text out), type: alpaca with your field "
+                                         "names, or a dotted path to your own function, module.function"))
         return None
     core = {k: v for k, v in entry.items() if k in DATASET_KEYS}
     extra = {k: v for k, v in entry.items() if k not in DATASET_KEYS}
@@ -124,6 +161,12 @@ def _split_dataset_entry(entry, path, formats, problems, hint="", deferred=None)
         return None
     if spec.type is None:
         problems.append((f"{path}.type", f"required; registered formats: {', '.join(sorted(formats))}"))
+        return None
+    if spec.type not in formats and axolotl_preference_type(spec.type):
+        problems.append((f"{path}.type", f"'{spec.type}' is Axolotl's name for a preference-data format "
+                                         f"(its DPO/KTO/ORPO prompt strategies); preference tuning (DPO/KTO/ORPO) "
+                                         f"is not supported by ftcore yet, and these rows (prompt, chosen, "
+                                         f"rejected) cannot train a supervised model as they are"))
         return None
     if deferred is not None and spec.type not in formats and "." in spec.type:
         deferred.append((f"{path}.type", spec.type))
@@ -263,6 +306,43 @@ def env_network_problems(raw, key_models) -> list[tuple[str, str]]:
     return problems
 
 
+# Axolotl's other names for ftcore's keys: read as those keys (Axolotl remaps them the same way)
+AXOLOTL_SPELLINGS = {"model_revision": "revision_of_model", "dataset_num_proc": "dataset_processes",
+                     "model_config": "overrides_of_model_config"}
+
+
+# Axolotl recipes name flash attention by its Hugging Face Hub kernel; ftcore runs the same kernel from the
+# locally installed flash-attn package and fetches no binary code from the Hub
+HUB_ATTENTION = {"kernels-community/flash-attn": "flash_attention_2", "kernels-community/flash-attn2": "flash_attention_2",
+                 "kernels-community/flash-attn3": "flash_attention_3",
+                 "kernels-community/vllm-flash-attn3": "flash_attention_3",
+                 "kernels-community/flash-attn4": "flash_attention_4"}
+
+
+def _axolotl_spellings(data: dict, problems) -> None:
+    """``model_revision``, ``dataset_num_proc``, ``model_config``, ``auto_resume_from_checkpoints`` and the Hub
+    kernels' names of flash attention as ftcore's keys, in place."""
+    if data.get("attn_implementation") in HUB_ATTENTION:
+        data["attn_implementation"] = HUB_ATTENTION[data["attn_implementation"]]
+    for axolotl, ours in AXOLOTL_SPELLINGS.items():
+        if axolotl not in data:
+            continue
+        value = data.pop(axolotl)
+        if value is None:
+            continue
+        if data.get(ours) is not None and data[ours] != value:
+            problems.append((axolotl, f"is Axolotl's spelling of {ours}, which the recipe sets to "
+                                      f"{data[ours]!r}; keep one of them"))
+        else:
+            data[ours] = value
+    if "auto_resume_from_checkpoints" in data:
+        value = data.pop("auto_resume_from_checkpoints")
+        if value not in (None, False, True):
+            problems.append(("auto_resume_from_checkpoints", f"must be true or false (got {value!r})"))
+        elif value and data.get("resume_from_checkpoint") is None:
+            data["resume_from_checkpoint"] = "auto"  # the newest complete checkpoint in output_dir, as Axolotl
+
+
 def validate(raw, plugins) -> Recipe:
     """Validate ``raw`` (a ``RawRecipe``) with the schema and the plugins' keys and sections."""
     from ftcore.hooks import adapters, chat_templates, dataset_formats, evaluators, recipe_keys, recipe_sections
@@ -276,6 +356,7 @@ def validate(raw, plugins) -> Recipe:
     hint = _plugin_hint(plugins)
 
     problems.extend(env_network_problems(raw, key_models))
+    _axolotl_spellings(data, problems)
     section_raw, compat, flat = {}, {}, {}
     for key in list(data):
         if key in sections:
@@ -287,9 +368,8 @@ def validate(raw, plugins) -> Recipe:
             if key in PLUGIN_FEATURES and not _empty(value):  # a built-in plugin's key, that plugin is absent
                 problems.append((key, f"no plugin provides {PLUGIN_FEATURES[key]} for this recipe ({key}: "
                                       f"{json.dumps(value, default=str)}); install or enable a plugin that does{hint}, or remove '{key}'"))
-            elif key not in HINTS and not _empty(value):
-                advice = ADVICE.get(key, "remove it or leave it empty")
-                problems.append((key, f"Axolotl's '{key}' is not supported by ftcore: {advice}{hint}"))
+            elif key not in HINTS and not is_off(key, value):
+                problems.append((key, f"{unsupported_message(key, value)}{hint}"))
             compat[key] = value
         elif key not in CORE_KEYS:
             problems.append((key, f"unknown key{did_you_mean(key, known)}{hint}"))
@@ -361,9 +441,7 @@ def validate(raw, plugins) -> Recipe:
             complete = False
         if recipe.chat_template and recipe.chat_template not in chat_templates(plugins):
             names = sorted(chat_templates(plugins))
-            problems.append(("chat_template", f"unknown template '{recipe.chat_template}'"
-                                              f"{did_you_mean(recipe.chat_template, names)}; allowed: {', '.join(names)}"
-                                              f"{hint}"))
+            problems.append(("chat_template", f"{template_problem(recipe.chat_template, names)}{hint}"))
         names = sorted(evaluators(plugins))
         for name in recipe.evaluators:
             if name not in names:

@@ -11,7 +11,10 @@ joins each into the process group (``run_started``) and closes it
 
 - ``deepspeed: zero1 | zero2 | zero3 | zero3_offload`` picks a shipped config;
   any other string is a path to the user's JSON; a mapping is the config
-  itself. ``auto`` values are filled by transformers' DeepSpeed integration
+  itself. Axolotl's recipes name the files of Axolotl's repository
+  (``deepspeed_configs/zero2.json``, ``zero3_bf16_cpuoffload_params.json``,
+  ...): where such a file is absent, the preset with the same ZeRO stage and
+  offloading stands in for it (``AXOLOTL_CONFIGS``), with a note at validation. ``auto`` values are filled by transformers' DeepSpeed integration
   from the recipe (micro batch, accumulation, clipping, precision) and from
   the model (bucket sizes from ``hidden_size``). Without an ``optimizer``
   section the recipe's ``optimizer`` and ``lr_scheduler`` are used.
@@ -21,7 +24,10 @@ joins each into the process group (``run_started``) and closes it
   ``transformer_layer_cls_to_wrap``, ``state_dict_type``,
   ``reshard_after_forward``, ``activation_checkpointing``,
   ``sharding_strategy``); ``fsdp_version`` (top level or in fsdp_config)
-  defaults to 2. Wrapping is per decoder layer: without
+  defaults to 2. An ``fsdp_config:`` mapping alone turns FSDP on, as Axolotl's
+  FSDP2 form (``fsdp_version: 2`` + ``fsdp_config:``) writes it; QLoRA under
+  FSDP stores its 4-bit weights in bfloat16 unless ``bnb_4bit_quant_storage``
+  says otherwise. Wrapping is per decoder layer: without
   ``transformer_layer_cls_to_wrap`` accelerate wraps the model's own
   ``_no_split_modules`` (``LlamaDecoderLayer`` for Llama).
 
@@ -32,15 +38,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
-from ftcore.api import FtcoreError, RecipeKeys, StashKey, hookimpl
+from ftcore.api import FtcoreError, RecipeKeys, StashKey, get_logger, hookimpl
 from ftcore.plugins.distributed import launch
 from ftcore.plugins.distributed.launch import Launcher
 
 FTCORE_CONTRACT = "1"
+
+log = get_logger(__name__)
 
 
 class DistributedKeys(RecipeKeys):
@@ -53,6 +61,8 @@ class DistributedKeys(RecipeKeys):
     fsdp: list[str] | str | None = Field(None, description="FSDP options: [full_shard, auto_wrap], offload")
     fsdp_config: dict[str, Any] | None = Field(None, description="Axolotl's fsdp_config keys, fsdp_ prefix optional")
     fsdp_version: int | None = Field(None, description="FSDP version; only 2 is supported")
+    fsdp_final_state_dict_type: Literal["FULL_STATE_DICT", "SHARDED_STATE_DICT", "LOCAL_STATE_DICT"] | None = Field(
+        None, description="accepted for Axolotl recipes; ftcore always saves the final model in full (safetensors)")
     ddp_timeout: int | None = Field(None, ge=1, description="seconds a collective waits before the run fails")
     ddp_bucket_cap_mb: int | None = Field(None, description="DDP gradient bucket size")
     ddp_broadcast_buffers: bool | None = Field(None, description="DDP: broadcast buffers at each forward")
@@ -84,6 +94,9 @@ FSDP_KEYS = {
     "forward_prefetch": "forward_prefetch",
     "backward_prefetch": "backward_prefetch",
     "limit_all_gathers": "limit_all_gathers",
+    "cpu_offload_pin_memory": None,  # accelerate pins offloaded weights itself
+    "final_state_dict_type": None,  # ftcore saves the final model in full whatever this says
+    "mixed_precision_policy": None,  # FSDP2 follows the run's precision (bf16 / fp16)
 }
 FSDP_OPTIONS = ("full_shard", "shard_grad_op", "auto_wrap", "offload")
 STATE_DICT_TYPES = ("FULL_STATE_DICT", "SHARDED_STATE_DICT")
@@ -95,14 +108,60 @@ def presets_folder() -> Path:
     return Path(str(files("ftcore.recipes") / "deepspeed"))
 
 
+# Axolotl's recipes name the DeepSpeed configs in Axolotl's own repository (``deepspeed_configs/zero2.json``).
+# When that file is not there, ftcore's preset with the same ZeRO stage and offloading stands in for it:
+# Axolotl's name -> (ftcore's preset, what the run gets).
+SAME_PRECISION = "precision from the recipe's bf16 / fp16 keys"
+AXOLOTL_CONFIGS = {
+    "zero1": ("zero1", "ZeRO stage 1"),
+    "zero1_torch_compile": ("zero1", "ZeRO stage 1, without DeepSpeed's torch.compile section: the same training, "
+                                     "uncompiled"),
+    "zero2": ("zero2", "ZeRO stage 2"),
+    "zero2_torch_compile": ("zero2", "ZeRO stage 2, without DeepSpeed's torch.compile section: the same training, "
+                                     "uncompiled"),
+    "zero3": ("zero3", "ZeRO stage 3"),
+    "zero3_bf16": ("zero3", f"ZeRO stage 3, {SAME_PRECISION}"),
+    "zero3_cpuoffload": ("zero3_offload", "ZeRO stage 3, parameters and optimizer states offloaded to CPU memory"),
+    "zero3_bf16_cpuoffload_all": ("zero3_offload", f"ZeRO stage 3, parameters and optimizer states offloaded to "
+                                                   f"CPU memory, {SAME_PRECISION}"),
+    "zero3_bf16_cpuoffload_params": ("zero3_offload", f"ZeRO stage 3, parameters offloaded to CPU memory and the "
+                                                      f"optimizer states kept on the GPU as in Axolotl's file, "
+                                                      f"{SAME_PRECISION}"),
+}
+KEEP_OPTIMIZER_ON_GPU = ("zero3_bf16_cpuoffload_params",)
+
+
+def axolotl_config(value) -> tuple[str, str] | None:
+    """``(preset, note)`` when ``value`` names one of Axolotl's shipped DeepSpeed configs
+    (``[...]/deepspeed_configs/NAME.json``) and no such file exists; else ``None``."""
+    if not isinstance(value, str) or value in PRESETS:
+        return None
+    path = Path(value).expanduser()
+    if path.exists() or path.suffix != ".json" or path.parent.name != "deepspeed_configs" \
+            or path.stem not in AXOLOTL_CONFIGS:
+        return None
+    preset, what = AXOLOTL_CONFIGS[path.stem]
+    return preset, (f"deepspeed: '{value}' is Axolotl's shipped config {path.name}, which is not here; ftcore's "
+                    f"preset {preset} stands in for it ({what})")
+
+
 def deepspeed_config(value) -> dict:
     """The DeepSpeed config the recipe's ``deepspeed:`` names, as a dict (a fresh copy)."""
     if isinstance(value, dict):
         return json.loads(json.dumps(value))
+    axolotl = axolotl_config(value)
+    if axolotl:
+        config = deepspeed_config(axolotl[0])
+        if Path(value).stem in KEEP_OPTIMIZER_ON_GPU:
+            config["zero_optimization"].pop("offload_optimizer", None)
+        return config
     path = presets_folder() / f"{value}.json" if value in PRESETS else Path(value).expanduser()
     if not path.is_file():
+        axolotl_names = (f"; of Axolotl's deepspeed_configs/ files, ftcore stands in for "
+                         f"{', '.join(f'{name}.json' for name in AXOLOTL_CONFIGS)} when they are absent"
+                         if Path(str(value)).parent.name == "deepspeed_configs" else "")
         raise FtcoreError(f"deepspeed: no file '{value}'; use one of the shipped configs "
-                          f"({', '.join(PRESETS)}) or the path of a DeepSpeed JSON config")
+                          f"({', '.join(PRESETS)}) or the path of a DeepSpeed JSON config{axolotl_names}")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -115,6 +174,12 @@ def deepspeed_config(value) -> dict:
 
 def zero_stage(config: dict) -> int:
     return int((config.get("zero_optimization") or {}).get("stage", 0) or 0)
+
+
+def fsdp_enabled(recipe) -> bool:
+    """FSDP is on: Axolotl's old list (``fsdp: [full_shard, auto_wrap]``) or its FSDP2 form, an
+    ``fsdp_config:`` mapping (with ``fsdp_version: 2`` beside it or inside it)."""
+    return bool(recipe.fsdp or recipe.fsdp_config)
 
 
 def fsdp_config(recipe) -> dict:
@@ -134,6 +199,8 @@ def fsdp_config(recipe) -> dict:
         elif option in ("full_shard", "shard_grad_op"):
             config["reshard_after_forward"] = option == "full_shard"
     for key, value in given.items():
+        if FSDP_KEYS[key] is None and key != "sharding_strategy":
+            continue
         if key == "sharding_strategy":
             strategy = str(value).upper()
             if strategy not in ("FULL_SHARD", "SHARD_GRAD_OP"):
@@ -178,27 +245,35 @@ def _problems(recipe) -> list[tuple[str, str]]:
         return [(key, f"DeepSpeed is not installed; {INSTALL['deepspeed']}")]
     if recipe.launcher == "accelerate" and not _installed("accelerate"):
         return [("launcher", f"accelerate is not installed; {INSTALL['accelerate']}")]
-    if recipe.deepspeed and (recipe.fsdp or recipe.fsdp_config):
+    if recipe.deepspeed and fsdp_enabled(recipe):
         return [("fsdp", "deepspeed and fsdp are both set; choose one engine")]
-    if recipe.fsdp_config and not recipe.fsdp:
-        problems.append(("fsdp_config", "is set but fsdp is not; add fsdp: [full_shard, auto_wrap]"))
+    if recipe.fsdp_version and not fsdp_enabled(recipe):
+        problems.append(("fsdp_version", "is set but FSDP is not configured; add an fsdp_config: mapping "
+                                         "(Axolotl's FSDP2 form) or fsdp: [full_shard, auto_wrap]"))
     stage = None
     if recipe.deepspeed:
         try:
             stage = zero_stage(deepspeed_config(recipe.deepspeed))
         except FtcoreError as exc:
             return [("deepspeed", str(exc).removeprefix("deepspeed: "))]
-    if recipe.fsdp:
+        axolotl = axolotl_config(recipe.deepspeed)
+        if axolotl:
+            log.info(f"note: {axolotl[1]}")
+    if fsdp_enabled(recipe):
         try:
             fsdp_config(recipe)
         except FtcoreError as exc:
             key, _, message = str(exc).partition(": ")
             problems.append((key, message))
-    sharded = "ZeRO-3" if stage == 3 else "FSDP" if recipe.fsdp else None
-    if sharded and recipe.load_in_8bit:
+    sharded = "ZeRO-3" if stage == 3 else "FSDP" if fsdp_enabled(recipe) else None
+    # under FSDP the qlora plugin stores 4-bit weights in bfloat16 unless told otherwise, as Axolotl does
+    storage = recipe.get("bnb_4bit_quant_storage")
+    if sharded == "FSDP" and storage is None:
+        storage = "bfloat16"
+    if sharded and recipe.get("load_in_8bit"):
         problems.append(("load_in_8bit", f"8-bit (LLM.int8) weights cannot be sharded by {sharded}; use "
                                          f"adapter: qlora with load_in_4bit, or ZeRO-2 / DDP for 8-bit LoRA"))
-    elif sharded and recipe.load_in_4bit and recipe.bnb_4bit_quant_storage in (None, "uint8"):
+    elif sharded and recipe.get("load_in_4bit") and storage in (None, "uint8"):
         problems.append(("bnb_4bit_quant_storage", f"QLoRA under {sharded} shards the 4-bit weights, which "
                                                    f"needs them stored in a float type; set "
                                                    f"bnb_4bit_quant_storage: bfloat16 (the run's precision)"))
@@ -259,7 +334,7 @@ def _engine_arguments(recipe, world_size: int) -> dict:
     arguments = {}
     if recipe.deepspeed:
         arguments["deepspeed"] = deepspeed_config(recipe.deepspeed)
-    if recipe.fsdp:
+    if fsdp_enabled(recipe):
         import torch
 
         if not torch.cuda.is_available():
@@ -285,7 +360,7 @@ def trainer_arguments(recipe):
 
 @hookimpl(trylast=True)
 def launch_processes(recipe, plan, command):
-    if not (plan.distributed or recipe.deepspeed or recipe.fsdp):  # the engines need a process group, even of one
+    if not (plan.distributed or recipe.deepspeed or fsdp_enabled(recipe)):  # the engines need a process group, even of one
         return None
     _engine_arguments(recipe, plan.nproc * plan.nnodes)  # an engine that cannot run here fails once, not per process
     return launch.launch(plan, command, recipe.launcher or "torchrun")

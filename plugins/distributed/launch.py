@@ -220,7 +220,7 @@ def start_process_group(recipe) -> None:
         return
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        backend = "cuda:nccl,cpu:gloo" if recipe.fsdp else "nccl"
+        backend = "cuda:nccl,cpu:gloo" if (recipe.fsdp or recipe.fsdp_config) else "nccl"  # FSDP, either form
     else:
         backend = "gloo"
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=recipe.ddp_timeout or 1800))

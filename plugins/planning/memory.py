@@ -314,6 +314,7 @@ class Settings:
         fsdp_value = get("fsdp")
         fsdp_options = fsdp_value.split() if isinstance(fsdp_value, str) else list(fsdp_value or [])
         fsdp_config = get("fsdp_config") or {}
+        sharded = bool(fsdp_value) or bool(fsdp_config)  # Axolotl's FSDP2 form: an fsdp_config mapping alone
         fsdp_offload = "offload" in fsdp_options or bool(
             fsdp_config.get("offload_params") or fsdp_config.get("fsdp_offload_params")
             or fsdp_config.get("cpu_offload"))
@@ -325,8 +326,8 @@ class Settings:
                    sequence_len=int(get("sequence_len", 2048)),
                    gradient_checkpointing=bool(get("gradient_checkpointing", False)),
                    optimizer=str(get("optimizer", "adamw_torch")), precision=precision, zero_stage=stage,
-                   offload=offload or (bool(fsdp_value) and fsdp_offload),
-                   offload_params=offload_params or (bool(fsdp_value) and fsdp_offload), fsdp=bool(fsdp_value),
+                   offload=offload or (sharded and fsdp_offload),
+                   offload_params=offload_params or (sharded and fsdp_offload), fsdp=sharded,
                    chunked_loss=bool(get("chunked_cross_entropy", False)),
                    chunked_loss_chunks=int(get("chunked_cross_entropy_num_chunks", 8) or 8),
                    freeze_vision=bool(get("freeze_mm_modules", True)), device=device)
