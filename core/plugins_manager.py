@@ -6,6 +6,10 @@ Discovery order (later ones are asked first in firstresult hooks):
 2. installed packages that declare an entry point in the group ``ftcore``;
 3. modules listed under ``plugins:`` in the recipe.
 
+An installed plugin whose entry-point name is a built-in's short name replaces that built-in (the
+built-in is not loaded; ``ftcore plugins`` lists it as replaced): a package may ship a fuller version
+of a built-in feature, as ``examples/ftcore-neftune`` does for ``neftune``.
+
 ``FTCORE_DISABLE_PLUGINS=name1,name2`` blocks plugins by name (the entry-point
 name, the built-in's short name, or the module path from the recipe).
 ``FTCORE_TRACE_PLUGINS=1`` prints every hook call to stderr: the
@@ -122,6 +126,7 @@ class Plugins:
         self.pm.add_hookspecs(hookspecs)
         self.info: dict[str, PluginInfo] = {}
         self.blocked: list[str] = []
+        self.replaced: dict[str, str] = {}  # built-in short name -> the installed plugin's label that replaced it
         self.refused: list[tuple[PluginInfo, PluginError]] = []  # failed to load, when loading tolerated it
         self.answered: set[str] = set()  # plugins that answered a firstresult hook (what a run "used")
         self._collected: dict[str, dict] = {}
@@ -445,11 +450,16 @@ def load_plugins(recipe_plugins=(), tolerate_refused: bool = False, installed: b
                 raise
             plugins.refused.append((info, exc))
 
+    entry_points = list(_entry_points()) if installed else []
+    installed_names = {ep.name: _entry_point_info(ep) for ep in entry_points}
     for short, module in BUILTINS.items():
+        if short in installed_names and short not in disabled_names():
+            plugins.replaced[short] = installed_names[short].label  # the installed plugin of that name instead
+            continue
         info = _builtin_info(short, module)
         attempt(info, lambda module=module, info=info: plugins.add_module(module, info))
-    for ep in _entry_points() if installed else ():
-        info = _entry_point_info(ep)
+    for ep in entry_points:
+        info = installed_names[ep.name]
         if info.name in disabled_names():
             plugins.blocked.append(info.name)
             continue

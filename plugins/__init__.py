@@ -18,7 +18,8 @@ BUILTINS = {
     "chunked_loss": "ftcore.plugins.chunked_loss",  # chunked_cross_entropy: the training loss without full logits
     "wandb": "ftcore.plugins.wandb",  # wandb_* keys: report the run to Weights & Biases
     "trackers": "ftcore.plugins.trackers",  # report_to, use_tensorboard, mlflow_*: TensorBoard, MLflow, wandb
-    "compat_keys": "ftcore.plugins.compat_keys",  # loss watchdog, early stopping, NEFTune, data order, dedup
+    "compat_keys": "ftcore.plugins.compat_keys",  # loss watchdog, early stopping, data order, dedup
+    "neftune": "ftcore.plugins.neftune",  # neftune_noise_alpha; an installed plugin named neftune replaces it
     "hub_push": "ftcore.plugins.hub_push",  # hub_model_id: push the finished run to the Hugging Face Hub
     "alpaca": "ftcore.plugins.formats.alpaca",
     "completion": "ftcore.plugins.formats.completion",

@@ -1,4 +1,4 @@
-"""Axolotl's small training switches, honoured: the loss watchdog, early stopping, NEFTune, data order.
+"""Axolotl's small training switches, honoured: the loss watchdog, early stopping, data order.
 
 - ``loss_watchdog_threshold`` / ``loss_watchdog_patience`` (default 3): stop training when the logged
   training loss is above the threshold for that many logs in a row. The stop is an ordinary early
@@ -9,7 +9,6 @@
   ``loss`` evaluator (lower is better): training stops after that many evaluations without improvement.
   Needs a validation split and periodic evaluation (``eval_steps`` or ``evals_per_epoch``); the best
   model is not loaded at the end (ftcore keeps the last one), as ``stopped_early.json`` says.
-- ``neftune_noise_alpha``: NEFTune noise on the input embeddings while training (transformers').
 - ``shuffle_merged_datasets: false``: train in dataset order (a sequential sampler) instead of a new
   random order every epoch. ``shuffle_before_merging_datasets`` changes nothing while the trainer
   shuffles anyway; with ``shuffle_merged_datasets: false`` it is refused (not implemented).
@@ -45,7 +44,6 @@ class CompatKeys(RecipeKeys):
                                    "alone, without a threshold, it watches nothing)")
     early_stopping_patience: int | None = Field(
         None, ge=1, description="stop after this many evaluations without a lower eval_loss")
-    neftune_noise_alpha: float | None = Field(None, gt=0, description="NEFTune noise on the input embeddings")
     shuffle_merged_datasets: bool = Field(True, description="false: train in dataset order, never shuffled")
     shuffle_before_merging_datasets: bool | None = Field(
         None, description="shuffle each dataset before merging (no effect while the trainer shuffles)")
@@ -102,8 +100,6 @@ def run_started(recipe):
 @hookimpl(trylast=True)
 def trainer_arguments(recipe):
     args = {}
-    if recipe.neftune_noise_alpha is not None:
-        args["neftune_noise_alpha"] = recipe.neftune_noise_alpha
     if not recipe.shuffle_merged_datasets:
         args["train_sampling_strategy"] = "sequential"
     if recipe.early_stopping_patience is not None:

@@ -1244,3 +1244,55 @@ def test_load_recipe_in_the_api_reads_as_run_does(tmp_path):
 
     path, info = api.registered_recipes(fresh_plugins())["quickstart"]
     assert path.endswith("quickstart.yaml") and info.name == "recipes"
+
+
+NEFTUNE_PLUGIN = """\
+    from pydantic import Field
+    from ftcore.api import RecipeKeys, hookimpl
+
+    FTCORE_CONTRACT = "1"
+
+
+    class Keys(RecipeKeys):
+        neftune_noise_alpha: float | None = Field(None, gt=0)
+
+
+    @hookimpl
+    def recipe_keys(register):
+        register(Keys)
+    """
+
+
+def test_an_installed_plugin_with_a_builtins_name_replaces_that_builtin(write_module, entry_points, monkeypatch,
+                                                                        capsys):
+    """The built-in neftune and an installed package's neftune would claim neftune_noise_alpha twice: the
+    installed one replaces the built-in, says so in `ftcore plugins`, and both go with FTCORE_DISABLE_PLUGINS."""
+    import ftcore.plugins.neftune as builtin
+    from ftcore.cli.plugins_command import handle
+
+    write_module("my_neftune", NEFTUNE_PLUGIN)
+    entry_points(FakeEntryPoint("neftune", "my_neftune", FakeDist("my-neftune", "2.0")))
+    plugins = load_plugins()
+    assert plugins.info["neftune"].module == "my_neftune" and plugins.info["neftune"].source == "entry point"
+    assert not plugins.pm.is_registered(builtin)
+    assert plugins.replaced == {"neftune": "'neftune' (my_neftune, my-neftune 2.0)"}
+    from ftcore.recipe import validate
+    from ftcore.recipe.load import RawRecipe
+
+    replaced = validate(RawRecipe({"base_model": "o/m", "neftune_noise_alpha": 5}, None), plugins)
+    assert replaced.neftune_noise_alpha == 5.0  # the installed plugin's key
+    assert "neftune_noise_alpha" not in hooks.trainer_arguments(plugins, replaced)  # the built-in's effect is gone
+    handle(types.SimpleNamespace(plugins=plugins, json=False))
+    assert "built-in 'neftune' replaced by the installed plugin 'neftune' (my_neftune, my-neftune 2.0)" in \
+        capsys.readouterr().out
+    # without the package the built-in answers the key: transformers' NEFTune
+    entry_points()
+    alone = load_plugins()
+    assert alone.info["neftune"].source == "builtin" and alone.replaced == {}
+    recipe = validate(RawRecipe({"base_model": "o/m", "neftune_noise_alpha": 5}, None), alone)
+    assert hooks.trainer_arguments(alone, recipe)["neftune_noise_alpha"] == 5.0
+    # disabled by name: neither
+    monkeypatch.setenv("FTCORE_DISABLE_PLUGINS", "neftune")
+    entry_points(FakeEntryPoint("neftune", "my_neftune", FakeDist("my-neftune", "2.0")))
+    none = load_plugins()
+    assert "neftune" not in none.info and none.replaced == {}

@@ -21,7 +21,7 @@ def handle(args) -> int:
                 "version": i.version, "error": str(error)} for i, error in plugins.refused]
     if args.json:
         print(json.dumps({"contract": CONTRACT_VERSION, "plugins": rows, "disabled": plugins.blocked,
-                          "refused": refused}, indent=2))
+                          "replaced": plugins.replaced, "refused": refused}, indent=2))
         return _report_refused(plugins)
     print(f"hook contract {CONTRACT_VERSION}")
     width = max(len(r["name"]) for r in rows)
@@ -32,6 +32,8 @@ def handle(args) -> int:
     for r in refused:
         origin = f"{r['package']} {r['version']}" if r["package"] else r["module"]
         print(f"  {r['name']:<{width}}  {'refused':<11}  {origin}  (see the error below)")
+    for short, label in plugins.replaced.items():
+        print(f"built-in '{short}' replaced by the installed plugin {label}")
     if plugins.blocked:
         print(f"disabled by FTCORE_DISABLE_PLUGINS: {', '.join(plugins.blocked)}")
     return _report_refused(plugins)

@@ -190,9 +190,10 @@ PLUGIN_FEATURES = {
                                                                    "mlflow_tracking_uri", "mlflow_experiment_name",
                                                                    "mlflow_run_name", "hf_mlflow_log_artifacts")},
     "unfrozen_parameters": "training chosen base parameters (the full plugin)",
-    **{key: "the loss watchdog, early stopping, NEFTune and data-order keys (the compat_keys plugin)"
+    "neftune_noise_alpha": "NEFTune (the neftune plugin)",
+    **{key: "the loss watchdog, early stopping and data-order keys (the compat_keys plugin)"
        for key in ("loss_watchdog_threshold", "loss_watchdog_patience", "early_stopping_patience",
-                   "neftune_noise_alpha", "shuffle_merged_datasets", "shuffle_before_merging_datasets",
+                   "shuffle_merged_datasets", "shuffle_before_merging_datasets",
                    "skip_prepare_dataset", "dataset_exact_deduplication")},
     **{key: "pushing to the Hugging Face Hub (the hub_push plugin)"
        for key in ("hub_model_id", "hub_strategy", "hub_revision", "push_dataset_to_hub")},
