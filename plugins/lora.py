@@ -395,7 +395,9 @@ def _merge_dtype(choice: str):
     return choice, {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[choice], cuda
 
 
-def _merge_load_base(base: str, model_class: str | None, dtype, device: str, trust_remote_code: bool, revision):
+def _merge_load_base(base: str, model_class: str | None, dtype, device: str, trust_remote_code: bool, revision,
+                     overrides=None):
+    """The 16-bit base, with the run's ``overrides_of_model_config`` set on its config as training set them."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     cls = transformers_class(model_class, AutoModelForCausalLM, "model_type")
@@ -409,8 +411,10 @@ def _merge_load_base(base: str, model_class: str | None, dtype, device: str, tru
         raise FtcoreError(f"the base model '{base}' is a quantized checkpoint ({method}); merging into a "
                           f"quantized base would round the merged weights to its precision. Give the original "
                           f"16-bit model with --base")
+    for key, value in (overrides or {}).items():
+        setattr(config, key, value)
     try:
-        return cls.from_pretrained(base, dtype=dtype, device_map={"": device}, low_cpu_mem_usage=True,
+        return cls.from_pretrained(base, config=config, dtype=dtype, device_map={"": device}, low_cpu_mem_usage=True,
                                    trust_remote_code=trust_remote_code, revision=revision)
     except OSError as exc:
         raise FtcoreError(f"cannot load the base model '{base}': {exc}") from exc
@@ -427,6 +431,26 @@ def _merge_load_tokenizer(sources, trust_remote_code: bool):
         except (OSError, ValueError):
             continue
     return None, None
+
+
+# the base parameters a run trained beside its adapter (unfrozen_parameters; written by the full plugin)
+UNFROZEN_FILE = "unfrozen_parameters.safetensors"
+
+
+def _merge_unfrozen(model, path: Path) -> None:
+    """Put the base parameters trained beside the adapter on the base before the adapter merges into it."""
+    import torch
+    from safetensors.torch import load_file
+
+    saved, parameters = load_file(str(path)), dict(model.named_parameters())
+    wrong = sorted(n for n, t in saved.items() if n not in parameters or parameters[n].shape != t.shape)
+    if wrong:
+        raise FtcoreError(f"{path} does not fit the base model: {', '.join(wrong[:3])} missing or of another "
+                          f"shape; it was trained on another base")
+    print(f"merge: {len(saved)} base parameters trained beside the adapter, from {path.name}", flush=True)
+    with torch.no_grad():
+        for name, tensor in saved.items():
+            parameters[name].copy_(tensor.to(parameters[name].dtype))
 
 
 def merge_command(args) -> int:
@@ -490,7 +514,8 @@ def merge_command(args) -> int:
     print(f"merge: base {base} in {name} on {device}{note}", flush=True)
     check_weights(str(adapter_dir), adapter_dir, allow_pickle, adapter=True)
     check_source("base_model", base, trust_remote_code=trust, allow_pickle=allow_pickle, revision=revision)
-    model = _merge_load_base(base, model_class, dtype, device, trust, revision)
+    overrides = dict(recipe.get("overrides_of_model_config") or {}) if run_folder else {}
+    model = _merge_load_base(base, model_class, dtype, device, trust, revision, overrides)
 
     tokenizer, tokenizer_source = _merge_load_tokenizer(tokenizer_sources, trust)
     rows = model.get_input_embeddings().weight.shape[0]
@@ -498,6 +523,8 @@ def merge_command(args) -> int:
         print(f"merge: resizing the embeddings {rows} -> {len(tokenizer)} for the tokens the run added", flush=True)
         model.resize_token_embeddings(len(tokenizer))
 
+    if run_folder and (adapter_dir / UNFROZEN_FILE).is_file():
+        _merge_unfrozen(model, adapter_dir / UNFROZEN_FILE)
     print(f"merge: adapter {adapter_dir}", flush=True)
     try:
         model = PeftModel.from_pretrained(model, str(adapter_dir), torch_device=device)

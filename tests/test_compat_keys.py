@@ -432,3 +432,24 @@ def test_a_run_the_watchdog_stops_completes_with_its_model_saved(tiny_llama, alp
     trained = load_trained(out, load_plugins())
     ids = torch.tensor([[1, 5, 9, 14, 3, 7]])
     torch.testing.assert_close(logits(trained.model, ids), logits(result.model, ids), rtol=0, atol=1e-5)
+    # ftcore merge folds them in too: the merged model is the trained one
+    from ftcore.cli import main
+
+    assert main(["merge", str(out)]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged", dtype=torch.float32)
+    torch.testing.assert_close(merged.model.norm.weight, saved["model.norm.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(logits(merged, ids), logits(result.model, ids), rtol=0, atol=1e-4)
+
+
+def test_merge_builds_the_base_with_the_runs_config_overrides(tiny_llama):
+    import torch
+
+    from ftcore.plugins.lora import _merge_load_base
+
+    plain = _merge_load_base(str(tiny_llama), None, torch.float32, "cpu", False, None)
+    changed = _merge_load_base(str(tiny_llama), None, torch.float32, "cpu", False, None,
+                               {"rms_norm_eps": 0.125, "attention_dropout": 0.0})
+    assert changed.config.rms_norm_eps == 0.125 != plain.config.rms_norm_eps
+    assert changed.model.norm.variance_epsilon == 0.125  # it reached the built layers
+    for (name, a), (_, b) in zip(plain.state_dict().items(), changed.state_dict().items()):
+        assert torch.equal(a, b), name  # the weights are the base's
