@@ -398,7 +398,7 @@ def test_unsupported_message_groups_keys_by_feature():
     assert unsupported_message("dpo_loss_type", ["sigmoid"]).startswith('["sigmoid"] — preference tuning')
     assert unsupported_message("rl", "dpo").startswith("dpo — preference tuning (DPO/KTO/ORPO")
     assert "mixture-of-experts" in unsupported_message("llama4_linearized_experts", True)
-    long = unsupported_message("flex_attn_compile_kwargs", {"k" * 80: 1})
+    long = unsupported_message("deepcompile", {"k" * 80: 1})
     assert "..." in long and len(long) < 300
 
 
@@ -531,3 +531,17 @@ def test_model_config_is_axolotls_older_spelling_of_overrides_of_model_config(tm
                                        ("flash_attention_4", "flash_attention_4")])
 def test_flash_attention_named_by_its_hub_kernel_runs_the_local_kernel(tmp_path, hub, local):
     assert check(tmp_path, f"attn_implementation: {hub}\n").attention == local
+
+
+def test_keys_of_axolotls_integrations_are_hints_or_named_features(tmp_path):
+    """Axolotl's kernels integration (skipped with its plugins: entry) only picks kernels: its keys are hints;
+    its expert parallelism, and the swanlab / diffusion integrations, are named features, not unknown keys."""
+    recipe = check(tmp_path, "plugins:\n  - axolotl.integrations.kernels.KernelsPlugin\nuse_kernels: true\n"
+                             "use_scattermoe: true\nuse_sonicmoe: true\nautotune_neighborhood: 2\n"
+                             "flex_attn_compile_kwargs: {dynamic: false}\n")
+    assert recipe.compat["use_scattermoe"] is True
+    found = problems(tmp_path, "expert_parallel_size: 4\nuse_swanlab: true\nswanlab_project: p\ndiffusion: {a: 1}\n")
+    assert "expert parallelism" in found["expert_parallel_size"]
+    assert "SwanLab" in found["use_swanlab"] and "SwanLab" in found["swanlab_project"]
+    assert "alternative training objective" in found["diffusion"]
+    assert all("unknown key" not in message for message in found.values())

@@ -118,6 +118,13 @@ AXOLOTL_KEYS = frozenset((
     "max_packed_sequence_len", "rope_scaling", "noisy_embedding_alpha", "dpo_beta", "evaluation_strategy",
     "liger_rms_norm_gated", "gptq_groupsize", "gptq_model_v1", "landmark_attention", "xpos_rope",
     "tokenizer_default_fallback", "nf4_backend", "use_onebitllms", "overrides_of_model_config",
+    # keys of Axolotl's integrations (its plugins: entries, which ftcore skips): kernels, swanlab, diffusion,
+    # llm_compressor
+    "use_scattermoe", "use_sonicmoe", "use_glm_dsa_kernels", "use_dsv4_kernels", "autotune_neighborhood",
+    "autotune_cache_path", "autotune_profiles", "expert_parallel_size", "expert_parallel_backend",
+    "expert_parallel_token_capacity", "expert_parallel_num_nvl_bytes", "nvfp4_merge_aware", "use_swanlab",
+    "swanlab_project", "swanlab_experiment_name", "swanlab_description", "swanlab_mode", "swanlab_log_completions",
+    "diffusion", "llmcompressor",
 ))
 
 HINTS = frozenset((
@@ -148,6 +155,10 @@ HINTS = frozenset((
     # speed only: the same model trains (torch.compile is not used; use_kernels / experts_implementation go to
     # from_pretrained, core/loading.py)
     "use_kernels", "experts_implementation", "torch_compile", "torch_compile_options",
+    "flex_attn_compile_kwargs",
+    # Axolotl's kernels integration: MoE and attention kernels, autotuning
+    "use_scattermoe", "use_sonicmoe", "use_glm_dsa_kernels", "use_dsv4_kernels", "autotune_neighborhood",
+    "autotune_cache_path", "autotune_profiles",
     # accepted with a note (HINT_NOTES): what ftcore does instead
     "tokenizer_use_mistral_common", "activation_offloading", "quantize_moe_experts",
 ))
@@ -256,13 +267,15 @@ FEATURES = (
     ("N-D parallelism (dp_shard_size / dp_replicate_size)", "removing it lets fsdp or deepspeed shard across "
      "every process (ftcore run --nproc N)", True, ("dp_shard_size", "dp_replicate_size", "world_size"), ()),
     ("torch.compile", "removing it trains the same model uncompiled (slower, same result)", True,
-     ("flex_attn_compile_kwargs", "deepcompile"), ()),
+     ("deepcompile",), ()),
+    ("expert parallelism", "removing it keeps every expert on every GPU, which may not fit in memory", True,
+     (), ("expert_parallel_",)),
     ("ReLoRA (periodic merge and restart of the adapter)", "removing it trains one plain LoRA adapter for the "
      "whole run", True, ("relora",), ("relora_", "jagged_restart_")),
     ("LISA (training a random few layers at a time)", "removing it trains every layer at every step", True,
      (), ("lisa_",)),
     ("quantization-aware training (QAT)", "removing it trains without simulated quantization, so the model is "
-     "not prepared for low-bit deployment", True, ("qat",), ()),
+     "not prepared for low-bit deployment", True, ("qat", "nvfp4_merge_aware"), ()),
     ("post-training quantization of the trained model", "removing it saves the trained model unquantized",
      True, ("quantization",), ()),
     ("FP8 training", "removing it trains in the recipe's bf16/fp16 precision (more memory, a little slower)",
@@ -288,7 +301,8 @@ FEATURES = (
     ("this learning-rate schedule option", "removing it trains with the schedule lr_scheduler names, "
      "unchanged", False, ("lr_quadratic_warmup", "lr_div_factor", "cosine_constant_lr_ratio"), ()),
     ("an alternative training objective", "removing it trains with the standard next-token cross-entropy",
-     True, ("use_dft", "use_eaft", "eaft_alpha", "eaft_k", "ebft", "diffusion_lm"), ()),
+     True, ("use_dft", "use_eaft", "eaft_alpha", "eaft_k", "ebft", "diffusion_lm", "diffusion", "llmcompressor"),
+     ("diffusion_",)),
     ("this attention variant", "removing it trains with attn_implementation (default sdpa)", True,
      ("s2_attention", "sage_attention", "scaling_softmax", "scaling_softmax_bias", "scaling_softmax_factor",
       "large_head_attention", "flash_attn_d512", "gemma4_hybrid_attn_impl", "fused_attn_kernel", "sdpa_varlen",
@@ -299,10 +313,10 @@ FEATURES = (
       "selective_checkpointing", "tiled_mlp", "tiled_mlp_num_shards", "tiled_mlp_use_original_mlp"), ()),
     ("Ray clusters", "removing it runs on this machine (ftcore run --nproc N for several GPUs)", True,
      ("use_ray", "ray_num_workers", "ray_run_name", "resources_per_worker"), ()),
-    ("this experiment tracker (Comet, Trackio, OpenTelemetry)", "removing it trains the same; the metrics "
+    ("this experiment tracker (Comet, Trackio, SwanLab, OpenTelemetry)", "removing it trains the same; the metrics "
      "still go to the run folder's log (and to W&B, TensorBoard or MLflow when set)", True,
-     ("use_comet", "use_trackio", "use_otel_metrics", "otel_metrics_host", "otel_metrics_port"),
-     ("comet_", "trackio_")),
+     ("use_comet", "use_trackio", "use_otel_metrics", "otel_metrics_host", "otel_metrics_port", "use_swanlab"),
+     ("comet_", "trackio_", "swanlab_")),
     ("benchmark and generation evaluation during training", "removing it trains the same; evaluation reports "
      "the loss (the lm_eval: and generation: sections of ftcore do benchmark and sample evaluation)", True,
      ("do_bench_eval", "bench_dataset", "bench_split", "do_causal_lm_eval", "eval_causal_lm_metrics",
