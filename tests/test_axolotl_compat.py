@@ -538,7 +538,8 @@ def test_keys_of_axolotls_integrations_are_hints_or_named_features(tmp_path):
     its expert parallelism, and the swanlab / diffusion integrations, are named features, not unknown keys."""
     recipe = check(tmp_path, "plugins:\n  - axolotl.integrations.kernels.KernelsPlugin\nuse_kernels: true\n"
                              "use_scattermoe: true\nuse_sonicmoe: true\nautotune_neighborhood: 2\n"
-                             "flex_attn_compile_kwargs: {dynamic: false}\n")
+                             "flex_attn_compile_kwargs: {dynamic: false}\ngemma4_hybrid_attn_impl: true\n"
+                             "fused_attn_kernel: true\n")
     assert recipe.compat["use_scattermoe"] is True
     found = problems(tmp_path, "expert_parallel_size: 4\nuse_swanlab: true\nswanlab_project: p\ndiffusion: {a: 1}\n")
     assert "expert parallelism" in found["expert_parallel_size"]

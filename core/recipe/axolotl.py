@@ -156,6 +156,8 @@ HINTS = frozenset((
     # from_pretrained, core/loading.py)
     "use_kernels", "experts_implementation", "torch_compile", "torch_compile_options",
     "flex_attn_compile_kwargs",
+    # kernel choices for Gemma 4: flash attention on its sliding-window layers, fused q/k/v/o LoRA kernels
+    "gemma4_hybrid_attn_impl", "fused_attn_kernel",
     # Axolotl's kernels integration: MoE and attention kernels, autotuning
     "use_scattermoe", "use_sonicmoe", "use_glm_dsa_kernels", "use_dsv4_kernels", "autotune_neighborhood",
     "autotune_cache_path", "autotune_profiles",
@@ -305,7 +307,7 @@ FEATURES = (
      ("diffusion_",)),
     ("this attention variant", "removing it trains with attn_implementation (default sdpa)", True,
      ("s2_attention", "sage_attention", "scaling_softmax", "scaling_softmax_bias", "scaling_softmax_factor",
-      "large_head_attention", "flash_attn_d512", "gemma4_hybrid_attn_impl", "fused_attn_kernel", "sdpa_varlen",
+      "large_head_attention", "flash_attn_d512", "sdpa_varlen",
       "landmark_attention", "xpos_rope"), ()),
     ("activation and layer offloading", "removing it keeps activations and layers on the GPU (more memory, "
      "same result); gradient_checkpointing: true saves memory too", True,
