@@ -211,3 +211,23 @@ def test_a_bad_row_is_reported_in_the_users_file_not_the_sample(tmp_path):
     assert done.returncode == 2
     assert f"error: {data.name}: row 2: missing field 'output'" in done.stderr
     assert "sample.jsonl" not in done.stderr and "ftcore-dry-run" not in done.stderr
+
+
+def test_the_cpu_settings_validate_for_a_recipe_with_early_stopping(tmp_path):
+    """The dry run drops periodic evaluation: a recipe with early_stopping_patience (which needs it) must
+    still validate with the dry run's overrides, so early stopping goes off too, said in a changed line."""
+    import yaml
+
+    from ftcore.plugins.planning.dry_run import cpu_settings
+    from ftcore.plugins_manager import load_plugins
+    from ftcore.recipe import load_raw, validate
+
+    plugins = load_plugins()
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"base_model": "org/model", "datasets": [{"path": "d.jsonl", "type": "alpaca"}],
+                                    "val_set_size": 0.1, "eval_steps": 10, "early_stopping_patience": 3}))
+    recipe = validate(load_raw(str(path)), plugins)
+    overrides, changed = cpu_settings(recipe, has_eval=True)
+    shrunk = validate(load_raw(str(path), overrides), plugins)  # raises if early stopping stayed on
+    assert shrunk.get("early_stopping_patience") is None
+    assert any("early_stopping_patience: off" in line for line in changed)
