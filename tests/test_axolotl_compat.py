@@ -541,8 +541,10 @@ def test_keys_of_axolotls_integrations_are_hints_or_named_features(tmp_path):
                              "flex_attn_compile_kwargs: {dynamic: false}\ngemma4_hybrid_attn_impl: true\n"
                              "fused_attn_kernel: true\n")
     assert recipe.compat["use_scattermoe"] is True
-    found = problems(tmp_path, "expert_parallel_size: 4\nuse_swanlab: true\nswanlab_project: p\ndiffusion: {a: 1}\n")
+    found = problems(tmp_path, "expert_parallel_size: 4\nuse_swanlab: true\nswanlab_project: p\ndiffusion: {a: 1}\n"
+                               "swanlab_workspace: w\ndiffusion_decision: {b: 2}\n")
     assert "expert parallelism" in found["expert_parallel_size"]
     assert "SwanLab" in found["use_swanlab"] and "SwanLab" in found["swanlab_project"]
-    assert "alternative training objective" in found["diffusion"]
+    assert "alternative training objective" in found["diffusion"] and "objective" in found["diffusion_decision"]
+    assert "SwanLab" in found["swanlab_workspace"]
     assert all("unknown key" not in message for message in found.values())

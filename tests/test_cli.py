@@ -246,7 +246,7 @@ def test_axolotl_style_recipe_validates(path, tmp_path):
         assert "liger_rms_norm" in result.stdout and "lora_mlp_kernel" in result.stdout
 
 
-@pytest.mark.parametrize("override, key", [("rl=dpo", "rl"), ("hub_model_id=me/model", "hub_model_id")])
+@pytest.mark.parametrize("override, key", [("rl=dpo", "rl"), ("tensor_parallel_size=2", "tensor_parallel_size")])
 def test_axolotl_feature_ftcore_lacks_is_an_error_naming_the_key(tmp_path, override, key):
     result = ftcore_cli("validate", AXOLOTL[0], override, cwd=tmp_path)
     assert result.returncode == 2, result

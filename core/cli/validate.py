@@ -5,6 +5,8 @@ local files the recipe names exist. Exit 0 when the recipe would run, 2 with
 every problem listed otherwise.
 """
 
+import os
+import sys
 from pathlib import Path
 
 from ftcore.errors import RecipeError
@@ -90,14 +92,22 @@ def attention_problems(recipe) -> list[tuple[str, str]]:
     return []
 
 
+def _cuda_available() -> bool:
+    """Whether this machine has a CUDA GPU; without importing torch unless something already did (validate
+    stays light): NVIDIA's driver shows its devices under /dev and /proc."""
+    if "torch" in sys.modules:
+        return sys.modules["torch"].cuda.is_available()
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return Path("/proc/driver/nvidia/version").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
+
+
 def attention_fallback(recipe) -> str | None:
     """The note for flash attention asked for on a machine without CUDA, where the model loads with sdpa."""
     attention = recipe.attention or ""
     if not attention.startswith("flash_attention"):
         return None
-    import torch
-
-    if torch.cuda.is_available():
+    if _cuda_available():
         return None
     return (f"{attention} needs a CUDA GPU and this machine has none: the model loads with attn_implementation: "
             f"sdpa here (the same attention computed by PyTorch: same results, more memory and time); on a GPU "

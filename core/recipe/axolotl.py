@@ -124,7 +124,9 @@ AXOLOTL_KEYS = frozenset((
     "autotune_cache_path", "autotune_profiles", "expert_parallel_size", "expert_parallel_backend",
     "expert_parallel_token_capacity", "expert_parallel_num_nvl_bytes", "nvfp4_merge_aware", "use_swanlab",
     "swanlab_project", "swanlab_experiment_name", "swanlab_description", "swanlab_mode", "swanlab_log_completions",
-    "diffusion", "llmcompressor",
+    "swanlab_completion_max_buffer", "swanlab_completion_log_interval", "swanlab_workspace", "swanlab_log_model",
+    "diffusion", "diffusion_decision", "llmcompressor", "moe_bnb_fast", "moe_dequant_chunk_size",
+    "dsv4_fp4_grouped_mode",
 ))
 
 HINTS = frozenset((
@@ -158,6 +160,8 @@ HINTS = frozenset((
     "flex_attn_compile_kwargs",
     # kernel choices for Gemma 4: flash attention on its sliding-window layers, fused q/k/v/o LoRA kernels
     "gemma4_hybrid_attn_impl", "fused_attn_kernel",
+    # kernel choices for 4-bit MoE experts (which ftcore's bitsandbytes path keeps 16-bit anyway)
+    "moe_bnb_fast", "moe_dequant_chunk_size",
     # Axolotl's kernels integration: MoE and attention kernels, autotuning
     "use_scattermoe", "use_sonicmoe", "use_glm_dsa_kernels", "use_dsv4_kernels", "autotune_neighborhood",
     "autotune_cache_path", "autotune_profiles",
@@ -260,7 +264,7 @@ FEATURES = (
      True, ("kd_online_server_model", "kd_normalize_topk"), ("kd_",)),
     ("mixture-of-experts kernels", "removing it trains the same model with transformers' standard expert "
      "layers (slower, more memory)", True,
-     ("llama4_linearized_experts",), ()),
+     ("llama4_linearized_experts", "dsv4_fp4_grouped_mode"), ()),
     ("tensor parallelism", "removing it trains with data parallelism only: every GPU holds the whole model, "
      "which may not fit in memory", True, ("tensor_parallel_size",), ()),
     ("context / sequence parallelism (ring attention)", "removing it keeps each sequence whole on one GPU, "
@@ -282,8 +286,8 @@ FEATURES = (
      True, ("quantization",), ()),
     ("FP8 training", "removing it trains in the recipe's bf16/fp16 precision (more memory, a little slower)",
      True, ("fp8", "fp8_config", "fp8_enable_fsdp_float8_all_gather"), ()),
-    ("GPTQ-quantized base models", "removing it loads the base unquantized, which fails for a GPTQ "
-     "checkpoint; use a 16-bit base with load_in_4bit and adapter: qlora instead", True,
+    ("pre-quantized base models (GPTQ, MXFP4, ...)", "removing it loads the base as a 16-bit model, which fails "
+     "for a checkpoint stored quantized; use a 16-bit base with load_in_4bit and adapter: qlora instead", True,
      ("gptq", "gptq_groupsize", "gptq_model_v1", "model_quantization_config",
       "model_quantization_config_kwargs"), ()),
     ("1.58-bit (BitNet) models through onebitllms", "removing it loads the model as an ordinary 16-bit one, "
