@@ -97,14 +97,19 @@ def _progress(rich_console, transient=False):
                     TimeRemainingColumn(), console=rich_console, transient=transient, refresh_per_second=4)
 
 
+def parameter_counts(model) -> tuple[int, int]:
+    """``(all, trainable)`` parameters; partitioned (ZeRO-3) weights count their full size."""
+    def count(p):
+        return getattr(p, "ds_numel", 0) or p.numel()
+
+    parameters = list(model.parameters())
+    return sum(count(p) for p in parameters), sum(count(p) for p in parameters if p.requires_grad)
+
+
 def plan(recipe, model, data_summary: dict, dtype: str, world_size: int, hardware: dict, evaluators,
          global_batch: int, accumulation: int) -> dict:
     """What the start-up summary says, from what ``core/run.py`` has before training."""
-    def count(p):
-        return getattr(p, "ds_numel", 0) or p.numel()  # partitioned weights report their full size there
-
-    total = sum(count(p) for p in model.parameters())
-    trainable = sum(count(p) for p in model.parameters() if p.requires_grad)
+    total, trainable = parameter_counts(model)
     return {"output_dir": str(recipe.output_dir), "model": recipe.base_model,
             "method": recipe.adapter or "full fine-tuning", "precision": dtype,
             "device": _device(hardware), "world_size": world_size,
@@ -139,7 +144,7 @@ def _console():
         """Shows a run as it goes; see the module docstring."""
 
         def __init__(self, plan: dict):
-            self.plan = plan
+            self.plan = dict(plan)
             self.out = output()
             self.progress = self.train_task = self.eval_task = None
             self.started = self.first_step_done = None
@@ -151,6 +156,8 @@ def _console():
             if not state.is_world_process_zero:
                 return
             self.started = time.monotonic()
+            if kwargs.get("model") is not None:  # as the trainer has it: a plugin may unfreeze more when it is built
+                self.plan["parameters"], self.plan["trainable_parameters"] = parameter_counts(kwargs["model"])
             p, steps = self.plan, state.max_steps
             epochs = args.num_train_epochs if args.max_steps <= 0 else None
             per_step = p["train_tokens"] / max(1, math.ceil(p["train_examples"] / p["global_batch"]))

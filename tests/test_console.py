@@ -123,3 +123,21 @@ def test_counts_read_as_counts_and_shares_as_shares():
     assert number(38.0, "eval_generated") == "38"  # "generated" holds "rate" but is a count
     assert number(1.0, "eval_exact_match") == "1.0000" and number(0.0, "exact_match") == "0.0000"
     assert number(0.0019, "learning_rate") == "1.90e-03" and number(499.0, "eval_tokens") == "499"
+
+
+def test_the_start_summary_counts_the_trainable_parameters_the_trainer_has(capsys):
+    """A plugin may unfreeze parameters when the trainer is built (unfrozen_parameters beside an adapter): the
+    summary counts them as the model is when training begins, not as it was when the plan was made."""
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))  # 20 + 10 parameters
+    for p in model[1].parameters():
+        p.requires_grad_(False)
+    with console(format="json"):
+        shown = run_console({**PLAN, "trainable_parameters": 20, "parameters": 30})
+        for p in model[1].parameters():
+            p.requires_grad_(True)  # unfrozen after the plan, as the full plugin does at the trainer's init
+        shown.on_train_begin(SimpleNamespace(num_train_epochs=1, max_steps=2), SimpleNamespace(
+            is_world_process_zero=True, max_steps=2, global_step=0, epoch=0.0), SimpleNamespace(), model=model)
+    start = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert (start["trainable_parameters"], start["parameters"]) == (30, 30)
