@@ -241,9 +241,14 @@ OFF_VALUES = {
 }
 
 
+def is_empty(value) -> bool:
+    """``None``, false, "", [] or {}: a key left blank (0 is a value)."""
+    return value is None or value is False or value == "" or value == [] or value == {}
+
+
 def is_off(key: str, value) -> bool:
-    """Empty (``None``, false, "", [], {}) or a value that means "off" for ``key``."""
-    if value is None or value is False or value == "" or value == [] or value == {}:
+    """Empty (``is_empty``) or a value that means "off" for ``key``."""
+    if is_empty(value):
         return True
     return any(value == off and type(value) is not bool or value is off for off in OFF_VALUES.get(key, ()))
 

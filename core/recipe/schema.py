@@ -45,6 +45,9 @@ SCHEDULERS = (
     "warmup_stable_decay",
 )
 ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flash_attention_4", "flex_attention")
+# Axolotl's boolean spellings of attn_implementation, in the order they are read
+ATTENTION_SPELLINGS = {"flash_attention": "flash_attention_2", "sdp_attention": "sdpa", "eager_attention": "eager",
+                       "flex_attention": "flex_attention"}
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "sep_token", "cls_token", "mask_token",
                       "additional_special_tokens")
 
@@ -243,14 +246,11 @@ class Recipe(_Strict):
             problems.append(("evals_per_epoch", "set eval_steps or evals_per_epoch, not both"))
         if self.bf16 is True and self.fp16:
             problems.append(("fp16", "bf16 and fp16 are both true; choose one"))
-        chosen = [k for k, v in (("flash_attention", "flash_attention_2"), ("sdp_attention", "sdpa"),
-                                 ("eager_attention", "eager"), ("flex_attention", "flex_attention")) if getattr(self, k)]
+        chosen = [key for key in ATTENTION_SPELLINGS if getattr(self, key)]
         if len(chosen) > 1:
             problems.append((chosen[1], f"{' and '.join(chosen)} are all true; choose one"))
         if chosen and self.attn_implementation:
-            want = {"flash_attention": "flash_attention_2", "sdp_attention": "sdpa", "eager_attention": "eager",
-                    "flex_attention": "flex_attention"}[chosen[0]]
-            if want != self.attn_implementation:
+            if ATTENTION_SPELLINGS[chosen[0]] != self.attn_implementation:
                 problems.append((chosen[0], f"contradicts attn_implementation: {self.attn_implementation}"))
         if self.val_set_size >= 1 and self.val_set_size != int(self.val_set_size):
             problems.append(("val_set_size", "must be a fraction below 1 or a whole number of rows"))
@@ -274,11 +274,7 @@ class Recipe(_Strict):
         """The attention implementation asked for, from either spelling."""
         if self.attn_implementation:
             return self.attn_implementation
-        for key, value in (("flash_attention", "flash_attention_2"), ("sdp_attention", "sdpa"),
-                           ("eager_attention", "eager"), ("flex_attention", "flex_attention")):
-            if getattr(self, key):
-                return value
-        return None
+        return next((value for key, value in ATTENTION_SPELLINGS.items() if getattr(self, key)), None)
 
     @property
     def per_device_eval_batch_size(self) -> int:

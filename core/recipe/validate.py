@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from ftcore.data.formats import USER_FUNCTION, FormatImportError, UserFunctionOptions, resolve_format
 from ftcore.errors import RecipeError
-from ftcore.recipe.axolotl import AXOLOTL_KEYS, HINTS, PLUGIN_FEATURES, is_off, unsupported_message
+from ftcore.recipe.axolotl import AXOLOTL_KEYS, HINTS, PLUGIN_FEATURES, is_empty, is_off, unsupported_message
 from ftcore.recipe.schema import CORE_KEYS, DATASET_KEYS, DatasetSpec, Recipe
 from ftcore.recipe.suggest import did_you_mean
 
@@ -37,10 +37,6 @@ def key_path(loc, prefix="") -> str:
         else:
             out += f".{part}" if out else str(part)
     return out
-
-
-def _empty(value) -> bool:
-    return value is None or value is False or value == "" or value == [] or value == {}
 
 
 def allowed_range(model, name) -> str | None:
@@ -365,7 +361,7 @@ def validate(raw, plugins) -> Recipe:
             flat[key] = data.pop(key)
         elif key in AXOLOTL_KEYS and key not in CORE_KEYS:
             value = data.pop(key)
-            if key in PLUGIN_FEATURES and not _empty(value):  # a built-in plugin's key, that plugin is absent
+            if key in PLUGIN_FEATURES and not is_empty(value):  # a built-in plugin's key, that plugin is absent
                 problems.append((key, f"no plugin provides {PLUGIN_FEATURES[key]} for this recipe ({key}: "
                                       f"{json.dumps(value, default=str)}); install or enable a plugin that does{hint}, or remove '{key}'"))
             elif key not in HINTS and not is_off(key, value):
