@@ -85,14 +85,21 @@ def test_trust_remote_code_names_the_repository(tiny_llama, tmp_path, caplog):
     assert any(str(folder) in r.getMessage() and "abc123" in r.getMessage() for r in caplog.records)
 
 
-def test_from_pretrained_passes_false_by_default(tiny_llama, monkeypatch):
-    seen = {}
+def _recording(seen: dict):
+    """A model class whose ``from_pretrained`` records the keyword arguments it got in ``seen``."""
 
     class Fake:
         @classmethod
         def from_pretrained(cls, source, **kwargs):
             seen.update(kwargs)
             return "model"
+
+    return Fake
+
+
+def test_from_pretrained_passes_false_by_default(tiny_llama, monkeypatch):
+    seen = {}
+    Fake = _recording(seen)
 
     assert from_pretrained(_recipe(tiny_llama), None, Fake) == "model"
     assert seen["trust_remote_code"] is False and seen["use_safetensors"] is True
@@ -175,12 +182,7 @@ def test_flash_attention_on_a_machine_without_cuda_loads_with_sdpa_and_says_so(t
     import torch
 
     seen = {}
-
-    class Fake:
-        @classmethod
-        def from_pretrained(cls, source, **kwargs):
-            seen.update(kwargs)
-            return "model"
+    Fake = _recording(seen)
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with caplog.at_level("WARNING"):
